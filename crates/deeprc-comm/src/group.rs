@@ -1,0 +1,376 @@
+//! Collectives built on point-to-point messages of a [`Transport`], shared
+//! by the backends that move messages themselves (local threads, tcp).
+//!
+//! A [`Group`] is an ordered list of world ranks plus a context id that
+//! keeps its messages apart from every other group on the same transport, so
+//! `split` costs one all-gather and no new connections.
+
+use crate::{
+    communicator::{check_elements, reduce_bytes},
+    mailbox::{Key, Payload},
+    AnyBox, Backend, CommError, Communicator, DType, ReduceOp, Result, Tag,
+};
+use bytes::Bytes;
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+/// Moves messages between the world ranks of one job.
+pub(crate) trait Transport: Send + Sync + fmt::Debug {
+    fn backend(&self) -> Backend;
+    fn world_rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    fn supports_objects(&self) -> bool;
+    /// Queues `payload` for world rank `dst`; never waits for the receiver
+    /// to call `recv` (it may wait for buffer space, bounded by the timeout).
+    fn send(&self, op: &'static str, dst: usize, key: Key, payload: Payload) -> Result<()>;
+    /// The next message from world rank `src` with `key`.
+    fn recv(&self, op: &'static str, src: usize, key: Key) -> Result<Payload>;
+}
+
+/// Internal tags: bit 63 set, operation code in bits 32..40, round below.
+#[derive(Clone, Copy)]
+#[repr(u64)]
+enum Op {
+    Barrier = 1,
+    Broadcast = 2,
+    Gather = 3,
+    AllGather = 4,
+    AllToAll = 5,
+    Split = 6,
+    Objects = 7,
+}
+
+fn internal(op: Op, round: u64) -> u64 {
+    (1 << 63) | ((op as u64) << 32) | round
+}
+
+/// A communicator over a subset of a transport's world ranks.
+pub(crate) struct Group {
+    transport: Arc<dyn Transport>,
+    ctx: u64,
+    members: Arc<[usize]>,
+    rank: usize,
+    splits: AtomicU64,
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Group")
+            .field("backend", &self.transport.backend())
+            .field("rank", &self.rank)
+            .field("size", &self.members.len())
+            .field("ctx", &self.ctx)
+            .finish()
+    }
+}
+
+/// splitmix64: spreads context ids of sub-communicators.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Group {
+    /// The group of all world ranks.
+    pub(crate) fn world(transport: Arc<dyn Transport>) -> Self {
+        let members: Arc<[usize]> = (0..transport.world_size()).collect();
+        Self {
+            rank: transport.world_rank(),
+            transport,
+            ctx: 0,
+            members,
+            splits: AtomicU64::new(0),
+        }
+    }
+
+    fn check_rank(&self, r: usize) -> Result<usize> {
+        self.members
+            .get(r)
+            .copied()
+            .ok_or(CommError::InvalidRank {
+                rank: r,
+                size: self.members.len(),
+            })
+    }
+
+    fn key(&self, tag: u64) -> Key {
+        Key { ctx: self.ctx, tag }
+    }
+
+    fn send_p(&self, op: &'static str, dst: usize, tag: u64, p: Payload) -> Result<()> {
+        let world = self.check_rank(dst)?;
+        self.transport.send(op, world, self.key(tag), p)
+    }
+
+    fn recv_p(&self, op: &'static str, src: usize, tag: u64) -> Result<Payload> {
+        let world = self.check_rank(src)?;
+        self.transport
+            .recv(op, world, self.key(tag))
+            .map_err(|e| self.to_group_rank(e))
+    }
+
+    /// Errors from the transport name world ranks; report group ranks.
+    fn to_group_rank(&self, e: CommError) -> CommError {
+        let local = |w: usize| self.members.iter().position(|&m| m == w).unwrap_or(w);
+        match e {
+            CommError::Timeout { op, peer, after } => CommError::Timeout {
+                op,
+                peer: local(peer),
+                after,
+            },
+            CommError::PeerLost { op, peer, reason } => CommError::PeerLost {
+                op,
+                peer: local(peer),
+                reason,
+            },
+            other => other,
+        }
+    }
+
+    fn recv_b(&self, op: &'static str, src: usize, tag: u64) -> Result<Bytes> {
+        self.recv_p(op, src, tag)?.into_bytes(op)
+    }
+
+    /// Peers in the order `rank+1, rank+2, ...` (spreads load in all-to-all).
+    fn peers(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.members.len();
+        (1..n).map(move |d| (self.rank + d) % n)
+    }
+
+    fn exchange(&self, op: &'static str, tag: u64, parts: Vec<Payload>) -> Result<Vec<Payload>> {
+        let n = self.members.len();
+        if parts.len() != n {
+            return Err(CommError::invalid(
+                op,
+                format!("{} parts given for a communicator of size {n}", parts.len()),
+            ));
+        }
+        let mut slots: Vec<Option<Payload>> = parts.into_iter().map(Some).collect();
+        let own = slots[self.rank].take();
+        for dst in self.peers() {
+            let p = slots[dst].take().expect("each part is sent once");
+            self.send_p(op, dst, tag, p)?;
+        }
+        slots[self.rank] = own;
+        for src in self.peers() {
+            slots[src] = Some(self.recv_p(op, src, tag)?);
+        }
+        Ok(slots
+            .into_iter()
+            .map(|s| s.expect("every slot filled"))
+            .collect())
+    }
+}
+
+impl Communicator for Group {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    fn backend(&self) -> Backend {
+        self.transport.backend()
+    }
+
+    fn send(&self, dest: usize, tag: Tag, data: Bytes) -> Result<()> {
+        self.send_p("send", dest, u64::from(tag), Payload::Bytes(data))
+    }
+
+    fn recv(&self, source: usize, tag: Tag) -> Result<Bytes> {
+        self.recv_b("recv", source, u64::from(tag))
+    }
+
+    /// Dissemination barrier: ceil(log2 n) rounds.
+    fn barrier(&self) -> Result<()> {
+        let n = self.members.len();
+        let mut dist = 1;
+        let mut round = 0;
+        while dist < n {
+            let tag = internal(Op::Barrier, round);
+            self.send_p("barrier", (self.rank + dist) % n, tag, Payload::Bytes(Bytes::new()))?;
+            self.recv_b("barrier", (self.rank + n - dist) % n, tag)?;
+            dist *= 2;
+            round += 1;
+        }
+        Ok(())
+    }
+
+    /// Binomial tree rooted at `root`.
+    fn broadcast(&self, root: usize, data: Bytes) -> Result<Bytes> {
+        let n = self.members.len();
+        self.check_rank(root)?;
+        let vrank = (self.rank + n - root) % n;
+        let tag = internal(Op::Broadcast, 0);
+        let mut data = data;
+        let mut mask = 1;
+        while mask < n {
+            if vrank & mask != 0 {
+                let src = (vrank - mask + root) % n;
+                data = self.recv_b("broadcast", src, tag)?;
+                break;
+            }
+            mask <<= 1;
+        }
+        mask >>= 1;
+        while mask > 0 {
+            if vrank + mask < n {
+                let dst = (vrank + mask + root) % n;
+                self.send_p("broadcast", dst, tag, Payload::Bytes(data.clone()))?;
+            }
+            mask >>= 1;
+        }
+        Ok(data)
+    }
+
+    fn gather(&self, root: usize, data: Bytes) -> Result<Option<Vec<Bytes>>> {
+        self.check_rank(root)?;
+        let tag = internal(Op::Gather, 0);
+        if self.rank != root {
+            self.send_p("gather", root, tag, Payload::Bytes(data))?;
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(self.members.len());
+        for src in 0..self.members.len() {
+            if src == root {
+                out.push(data.clone());
+            } else {
+                out.push(self.recv_b("gather", src, tag)?);
+            }
+        }
+        Ok(Some(out))
+    }
+
+    fn all_gather(&self, data: Bytes) -> Result<Vec<Bytes>> {
+        let parts = (0..self.members.len())
+            .map(|_| Payload::Bytes(data.clone()))
+            .collect();
+        self.exchange("all_gather", internal(Op::AllGather, 0), parts)?
+            .into_iter()
+            .map(|p| p.into_bytes("all_gather"))
+            .collect()
+    }
+
+    fn all_to_all_v(&self, parts: Vec<Bytes>) -> Result<Vec<Bytes>> {
+        let parts = parts.into_iter().map(Payload::Bytes).collect();
+        self.exchange("all_to_all_v", internal(Op::AllToAll, 0), parts)?
+            .into_iter()
+            .map(|p| p.into_bytes("all_to_all_v"))
+            .collect()
+    }
+
+    /// Reduce-scatter through an all-to-all of chunks, then an all-gather of
+    /// the reduced chunks: each rank sends and receives about 2(n-1)/n of the
+    /// buffer. Chunks are reduced in rank order, so all ranks get equal bits.
+    fn all_reduce_raw(&self, data: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+        check_elements("all_reduce", data, dtype)?;
+        let n = self.members.len();
+        if n == 1 {
+            return Ok(());
+        }
+        let esize = dtype.size();
+        let elems = data.len() / esize;
+        let bound = |i: usize| elems * i / n * esize;
+        let parts = (0..n)
+            .map(|j| Bytes::copy_from_slice(&data[bound(j)..bound(j + 1)]))
+            .collect();
+        let got = self.all_to_all_v(parts)?;
+        let mine = bound(self.rank)..bound(self.rank + 1);
+        for (src, part) in got.iter().enumerate() {
+            if part.len() != mine.len() {
+                return Err(CommError::SizeMismatch {
+                    op: "all_reduce",
+                    peer: src,
+                    expected: mine.len(),
+                    actual: part.len(),
+                });
+            }
+        }
+        let mut acc = got[0].to_vec();
+        for part in &got[1..] {
+            reduce_bytes(&mut acc, part, dtype, op);
+        }
+        let reduced = self.all_gather(Bytes::from(acc))?;
+        for (j, chunk) in reduced.iter().enumerate() {
+            let range = bound(j)..bound(j + 1);
+            if chunk.len() != range.len() {
+                return Err(CommError::SizeMismatch {
+                    op: "all_reduce",
+                    peer: j,
+                    expected: range.len(),
+                    actual: chunk.len(),
+                });
+            }
+            data[range].copy_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    fn split(&self, color: Option<u32>, key: i64) -> Result<Option<Arc<dyn Communicator>>> {
+        let seq = self.splits.fetch_add(1, Ordering::SeqCst);
+        let mine: [i64; 2] = [color.map_or(-1, i64::from), key];
+        let tag = internal(Op::Split, seq);
+        let parts = (0..self.members.len())
+            .map(|_| Payload::Bytes(Bytes::copy_from_slice(bytemuck::cast_slice(&mine))))
+            .collect();
+        let all = self.exchange("split", tag, parts)?;
+        let Some(color) = color else {
+            return Ok(None);
+        };
+        let mut chosen: Vec<(i64, usize)> = Vec::new();
+        for (r, p) in all.into_iter().enumerate() {
+            let b = p.into_bytes("split")?;
+            let v: Vec<i64> = crate::communicator::pod_vec(&b)?;
+            if v.len() != 2 {
+                return Err(CommError::MalformedFrame {
+                    from: format!("rank {r}"),
+                    reason: "split record is not two i64".into(),
+                });
+            }
+            if v[0] == i64::from(color) {
+                chosen.push((v[1], r));
+            }
+        }
+        chosen.sort_unstable();
+        let members: Arc<[usize]> = chosen.iter().map(|&(_, r)| self.members[r]).collect();
+        let rank = chosen
+            .iter()
+            .position(|&(_, r)| r == self.rank)
+            .expect("this rank chose the color");
+        let ctx = mix(self.ctx ^ mix(seq.wrapping_add(1)) ^ mix(u64::from(color) << 1 | 1));
+        Ok(Some(Arc::new(Group {
+            transport: Arc::clone(&self.transport),
+            ctx,
+            members,
+            rank,
+            splits: AtomicU64::new(0),
+        })))
+    }
+
+    fn supports_objects(&self) -> bool {
+        self.transport.supports_objects()
+    }
+
+    fn all_to_all_objects(&self, parts: Vec<AnyBox>) -> Result<Vec<AnyBox>> {
+        if !self.transport.supports_objects() {
+            return Err(CommError::invalid(
+                "all_to_all_objects",
+                format!("the {} backend moves bytes only", self.backend()),
+            ));
+        }
+        let parts = parts.into_iter().map(Payload::Object).collect();
+        self.exchange("all_to_all_objects", internal(Op::Objects, 0), parts)?
+            .into_iter()
+            .map(|p| p.into_object("all_to_all_objects"))
+            .collect()
+    }
+}

@@ -1,0 +1,50 @@
+//! # deeprc-comm
+//!
+//! One [`Communicator`] trait over every way Deep RC ranks talk: threads of
+//! one process ([`local`], default), processes over TCP ([`tcp`], default),
+//! MPI (`mpi`), Gloo (`gloo`) and NCCL (`nccl`).
+//!
+//! The trait is object safe and byte-oriented (point-to-point, barrier,
+//! broadcast, gather, all-gather, variable all-to-all, all-reduce, split);
+//! typed helpers are in [`CommunicatorExt`]. Every blocking call fails within
+//! the configured timeout ([`CommConfig`]) when a peer dies or hangs.
+//!
+//! ```
+//! use deeprc_comm::{local, Communicator, CommunicatorExt, ReduceOp};
+//!
+//! let out = local::launch(4, |comm| {
+//!     // Two sub-communicators: even and odd ranks.
+//!     let sub = comm.split(Some((comm.rank() % 2) as u32), 0)?.unwrap();
+//!     sub.all_reduce_scalar(comm.rank() as u64, ReduceOp::Sum)
+//! })
+//! .unwrap();
+//! assert_eq!(out, vec![2, 4, 2, 4]);
+//! ```
+//!
+//! # Feature flags
+//! - `local` (default): ranks as threads, zero-copy hand-over.
+//! - `tcp` (default): ranks as processes, rendezvous through a store named in
+//!   `DEEPRC_STORE`, authenticated with `DEEPRC_TOKEN`.
+//!
+//! A backend that was not compiled in still exists in [`Backend`] and answers
+//! [`CommError::NotCompiled`].
+
+mod communicator;
+pub mod conformance;
+mod config;
+mod error;
+mod group;
+mod macros;
+mod mailbox;
+mod reduce;
+
+#[cfg(feature = "local")]
+pub mod local;
+#[cfg(feature = "tcp")]
+pub mod tcp;
+
+pub use communicator::{
+    pod_vec, AnyBox, Backend, Communicator, CommunicatorExt, DType, ReduceOp, Reducible, Tag,
+};
+pub use config::CommConfig;
+pub use error::{CommError, Result};

@@ -1,0 +1,57 @@
+//! Implements [`Communicator`](crate::Communicator) for a newtype over a
+//! `Group` field named `group`.
+
+#[macro_export]
+#[doc(hidden)]
+macro_rules! delegate_communicator {
+    ($t:ty) => {
+        impl $crate::Communicator for $t {
+            fn rank(&self) -> usize {
+                self.group.rank()
+            }
+            fn size(&self) -> usize {
+                self.group.size()
+            }
+            fn backend(&self) -> Backend {
+                self.group.backend()
+            }
+            fn send(&self, dest: usize, tag: Tag, data: Bytes) -> Result<()> {
+                self.group.send(dest, tag, data)
+            }
+            fn recv(&self, source: usize, tag: Tag) -> Result<Bytes> {
+                self.group.recv(source, tag)
+            }
+            fn barrier(&self) -> Result<()> {
+                self.group.barrier()
+            }
+            fn broadcast(&self, root: usize, data: Bytes) -> Result<Bytes> {
+                self.group.broadcast(root, data)
+            }
+            fn gather(&self, root: usize, data: Bytes) -> Result<Option<Vec<Bytes>>> {
+                self.group.gather(root, data)
+            }
+            fn all_gather(&self, data: Bytes) -> Result<Vec<Bytes>> {
+                self.group.all_gather(data)
+            }
+            fn all_to_all_v(&self, parts: Vec<Bytes>) -> Result<Vec<Bytes>> {
+                self.group.all_to_all_v(parts)
+            }
+            fn all_reduce_raw(&self, data: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+                self.group.all_reduce_raw(data, dtype, op)
+            }
+            fn split(
+                &self,
+                color: Option<u32>,
+                key: i64,
+            ) -> Result<Option<std::sync::Arc<dyn $crate::Communicator>>> {
+                self.group.split(color, key)
+            }
+            fn supports_objects(&self) -> bool {
+                self.group.supports_objects()
+            }
+            fn all_to_all_objects(&self, parts: Vec<AnyBox>) -> Result<Vec<AnyBox>> {
+                self.group.all_to_all_objects(parts)
+            }
+        }
+    };
+}

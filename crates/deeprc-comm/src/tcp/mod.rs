@@ -1,0 +1,549 @@
+//! The `tcp` backend: ranks are processes on one or many hosts, connected
+//! by a full mesh of TCP connections.
+//!
+//! Rendezvous follows torchrun: every rank reads `DEEPRC_RANK`,
+//! `DEEPRC_WORLD_SIZE`, `DEEPRC_STORE` (a `host:port` served by rank 0, or a
+//! shared directory) and `DEEPRC_TOKEN` (a per-job secret), publishes its
+//! listening address in the store and connects to every lower rank.
+//!
+//! Security and robustness:
+//! - listeners bind loopback unless `DEEPRC_BIND` says otherwise;
+//! - every connection must open with a hello frame carrying the job token,
+//!   a valid rank and the world size, within the connect timeout; anything
+//!   else is refused and logged ([`TcpComm::refusals`]), and the
+//!   communicator stays usable;
+//! - a frame longer than `max_frame_bytes` is refused before any allocation;
+//! - a peer that closes its connection fails every pending receive from it
+//!   at once ([`CommError::PeerLost`]); one that hangs fails it after the
+//!   timeout ([`CommError::Timeout`]).
+//!
+//! ```no_run
+//! // Started as N processes with DEEPRC_RANK, DEEPRC_WORLD_SIZE,
+//! // DEEPRC_STORE and DEEPRC_TOKEN set (e.g. by deeprc-pilot).
+//! use deeprc_comm::{tcp::TcpComm, CommunicatorExt, ReduceOp};
+//! let comm = TcpComm::from_env()?;
+//! let total = comm.all_reduce_scalar(1u32, ReduceOp::Sum)?;
+//! # Ok::<(), deeprc_comm::CommError>(())
+//! ```
+
+mod store;
+mod wire;
+
+pub use store::{FileStore, Store, StoreSpec, TcpStore, TcpStoreServer};
+
+use crate::{
+    config::{env_parse, env_required},
+    group::{Group, Transport},
+    mailbox::{Key, Mailbox, Payload},
+    AnyBox, Backend, CommConfig, CommError, Communicator, DType, ReduceOp, Result, Tag,
+};
+use bytes::Bytes;
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc, Mutex, PoisonError,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+use wire::{Kind, CONTROL_LIMIT};
+
+/// How to create a [`TcpComm`].
+#[derive(Debug, Clone)]
+pub struct TcpOptions {
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub size: usize,
+    /// The rendezvous store.
+    pub store: StoreSpec,
+    /// The per-job secret every connection must present.
+    pub token: String,
+    /// The address to listen on (default loopback).
+    pub bind: IpAddr,
+    /// The host name or address peers should connect to (default: `bind`).
+    pub advertise: Option<String>,
+    /// Timeouts and limits.
+    pub config: CommConfig,
+}
+
+impl TcpOptions {
+    /// Options for `rank` of `size` with a store and a token; loopback.
+    pub fn new(rank: usize, size: usize, store: StoreSpec, token: impl Into<String>) -> Self {
+        Self {
+            rank,
+            size,
+            store,
+            token: token.into(),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise: None,
+            config: CommConfig::default(),
+        }
+    }
+
+    /// Reads `DEEPRC_RANK`, `DEEPRC_WORLD_SIZE`, `DEEPRC_STORE`,
+    /// `DEEPRC_TOKEN`, and optionally `DEEPRC_BIND`, `DEEPRC_ADVERTISE` and
+    /// the [`CommConfig`] variables.
+    pub fn from_env() -> Result<Self> {
+        let rank = env_required("DEEPRC_RANK")?;
+        let size = env_required("DEEPRC_WORLD_SIZE")?;
+        let store: String = env_required("DEEPRC_STORE")?;
+        let token: String = env_required("DEEPRC_TOKEN")?;
+        let mut o = Self::new(rank, size, StoreSpec::parse(&store), token);
+        if let Some(b) = env_parse("DEEPRC_BIND")? {
+            o.bind = b;
+        }
+        o.advertise = env_parse("DEEPRC_ADVERTISE")?;
+        o.config = CommConfig::from_env()?;
+        Ok(o)
+    }
+
+    /// Sets the configuration.
+    pub fn with_config(mut self, config: CommConfig) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+/// What the listener of a rank knows.
+#[derive(Debug)]
+struct Listener {
+    rank: usize,
+    size: usize,
+    token: Vec<u8>,
+    addr: SocketAddr,
+    complete: AtomicBool,
+    closing: AtomicBool,
+    connected: Mutex<Vec<bool>>,
+    refusals: Mutex<Vec<String>>,
+}
+
+impl Listener {
+    fn refuse(&self, conn: &TcpStream, from: &str, reason: String) {
+        let _ = conn.shutdown(Shutdown::Both);
+        self.refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(format!("{from}: {reason}"));
+    }
+
+    /// Reads and checks a hello; returns the peer's rank.
+    fn handshake(&self, conn: &mut TcpStream, from: &str, timeout: Duration) -> Result<usize> {
+        conn.set_read_timeout(Some(timeout))
+            .map_err(|e| CommError::io("setting a handshake timeout", e))?;
+        let h = wire::read_header(conn, CONTROL_LIMIT, from)?.ok_or_else(|| {
+            CommError::MalformedFrame {
+                from: from.to_string(),
+                reason: "closed before its hello".into(),
+            }
+        })?;
+        if h.kind != Kind::Hello {
+            return Err(CommError::Auth {
+                addr: from.to_string(),
+                reason: format!("first frame is {:?}, not a hello", h.kind),
+            });
+        }
+        let body = wire::read_body(conn, h.len, from)?;
+        if !store::token_eq(&body, &self.token) {
+            return Err(CommError::Auth {
+                addr: from.to_string(),
+                reason: "wrong job token".into(),
+            });
+        }
+        let (peer, size) = (h.ctx as usize, h.tag as usize);
+        if size != self.size || peer <= self.rank || peer >= self.size {
+            return Err(CommError::Auth {
+                addr: from.to_string(),
+                reason: format!(
+                    "hello from rank {peer} of {size} does not fit rank {} of {}",
+                    self.rank, self.size
+                ),
+            });
+        }
+        if self.complete.load(Ordering::SeqCst) {
+            return Err(CommError::Auth {
+                addr: from.to_string(),
+                reason: "the group is already complete".into(),
+            });
+        }
+        let mut connected = self.connected.lock().unwrap_or_else(PoisonError::into_inner);
+        if std::mem::replace(&mut connected[peer], true) {
+            return Err(CommError::Auth {
+                addr: from.to_string(),
+                reason: format!("rank {peer} is already connected"),
+            });
+        }
+        Ok(peer)
+    }
+}
+
+/// A connection to one peer.
+#[derive(Debug)]
+struct Peer {
+    writer: Mutex<TcpStream>,
+}
+
+/// One process's end of the mesh.
+#[derive(Debug)]
+struct Endpoint {
+    rank: usize,
+    size: usize,
+    config: CommConfig,
+    peers: Vec<Option<Peer>>,
+    mailbox: Arc<Mailbox>,
+    listener: Arc<Listener>,
+    _store_server: Option<TcpStoreServer>,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.listener.closing.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.listener.addr, Duration::from_millis(100));
+        for p in self.peers.iter().flatten() {
+            let w = p.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = w.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+impl Transport for Endpoint {
+    fn backend(&self) -> Backend {
+        Backend::Tcp
+    }
+
+    fn world_rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.size
+    }
+
+
+    fn supports_objects(&self) -> bool {
+        false
+    }
+
+    fn send(&self, op: &'static str, dst: usize, key: Key, payload: Payload) -> Result<()> {
+        let data = payload.into_bytes(op)?;
+        if dst == self.rank {
+            self.mailbox.push(dst, key, Payload::Bytes(data));
+            return Ok(());
+        }
+        if let Some(reason) = self.mailbox.lost_reason(dst) {
+            return Err(CommError::PeerLost {
+                op,
+                peer: dst,
+                reason,
+            });
+        }
+        let peer = self.peers[dst].as_ref().expect("mesh is complete");
+        let mut w = peer.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        wire::write_frame(&mut *w, Kind::Data, key.ctx, key.tag, &data).map_err(|e| {
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                CommError::Timeout {
+                    op,
+                    peer: dst,
+                    after: self.config.timeout,
+                }
+            } else {
+                CommError::PeerLost {
+                    op,
+                    peer: dst,
+                    reason: format!("send failed: {e}"),
+                }
+            }
+        })
+    }
+
+    fn recv(&self, op: &'static str, src: usize, key: Key) -> Result<Payload> {
+        self.mailbox.pop(op, src, key, self.config.timeout)
+    }
+}
+
+/// A communicator whose ranks are processes connected over TCP.
+#[derive(Debug)]
+pub struct TcpComm {
+    group: Group,
+    listener: Arc<Listener>,
+    setup: Duration,
+}
+
+impl TcpComm {
+    /// Creates the communicator from the `DEEPRC_*` environment variables.
+    pub fn from_env() -> Result<Self> {
+        Self::connect(TcpOptions::from_env()?)
+    }
+
+    /// Creates the communicator: rendezvous, then a full mesh. Returns when
+    /// every rank is connected, or fails after `connect_timeout`.
+    pub fn connect(o: TcpOptions) -> Result<Self> {
+        let start = Instant::now();
+        if o.size == 0 || o.rank >= o.size {
+            return Err(CommError::InvalidRank {
+                rank: o.rank,
+                size: o.size,
+            });
+        }
+        if o.token.is_empty() {
+            return Err(CommError::config("DEEPRC_TOKEN", "the job token is empty"));
+        }
+        let (store, store_server): (Box<dyn Store>, _) = match &o.store {
+            StoreSpec::Dir(d) => (Box::new(FileStore::new(d, &o.token)?), None),
+            StoreSpec::Tcp(addr) => {
+                let server = if o.rank == 0 {
+                    Some(TcpStoreServer::start(addr, &o.token)?)
+                } else {
+                    None
+                };
+                let store = TcpStore::connect(addr, &o.token, o.config.connect_timeout)?;
+                (Box::new(store), server)
+            }
+        };
+
+        let tcp = TcpListener::bind((o.bind, 0))
+            .map_err(|e| CommError::io(format!("binding a listener on {}", o.bind), e))?;
+        let addr = tcp
+            .local_addr()
+            .map_err(|e| CommError::io("reading the listener address", e))?;
+        let host = match &o.advertise {
+            Some(h) => h.clone(),
+            None if o.bind.is_unspecified() => {
+                return Err(CommError::config(
+                    "DEEPRC_ADVERTISE",
+                    "must be set when DEEPRC_BIND is a wildcard address",
+                ))
+            }
+            None => o.bind.to_string(),
+        };
+        let advertised = if host.contains(':') {
+            format!("[{host}]:{}", addr.port())
+        } else {
+            format!("{host}:{}", addr.port())
+        };
+        let listener = Arc::new(Listener {
+            rank: o.rank,
+            size: o.size,
+            token: o.token.as_bytes().to_vec(),
+            addr,
+            complete: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            connected: Mutex::new(vec![false; o.size]),
+            refusals: Mutex::new(Vec::new()),
+        });
+        let (accepted_tx, accepted_rx) = mpsc::channel();
+        spawn_acceptor(tcp, Arc::clone(&listener), accepted_tx, o.config.connect_timeout)?;
+        store.set(&format!("addr/{}", o.rank), advertised.as_bytes())?;
+
+        let mut streams: Vec<Option<TcpStream>> = (0..o.size).map(|_| None).collect();
+        for (peer, slot) in streams.iter_mut().enumerate().take(o.rank) {
+            let remaining = o.config.connect_timeout.saturating_sub(start.elapsed());
+            let a = store.get(&format!("addr/{peer}"), remaining)?;
+            let a = String::from_utf8_lossy(&a).into_owned();
+            *slot = Some(dial(&a, peer, &o, start)?);
+        }
+        let expected = o.size - 1 - o.rank;
+        for _ in 0..expected {
+            let remaining = o.config.connect_timeout.saturating_sub(start.elapsed());
+            match accepted_rx.recv_timeout(remaining) {
+                Ok((peer, s)) => streams[peer] = Some(s),
+                Err(_) => {
+                    let missing: Vec<usize> = (o.rank + 1..o.size)
+                        .filter(|&r| streams[r].is_none())
+                        .collect();
+                    return Err(CommError::Timeout {
+                        op: "tcp connect",
+                        peer: missing[0],
+                        after: o.config.connect_timeout,
+                    });
+                }
+            }
+        }
+        listener.complete.store(true, Ordering::SeqCst);
+
+        let mailbox = Arc::new(Mailbox::default());
+        let mut peers = Vec::with_capacity(o.size);
+        for (peer, s) in streams.into_iter().enumerate() {
+            let Some(s) = s else {
+                peers.push(None);
+                continue;
+            };
+            let ctx = |e| CommError::io(format!("configuring the connection to rank {peer}"), e);
+            s.set_nodelay(true).map_err(ctx)?;
+            s.set_read_timeout(None).map_err(ctx)?;
+            s.set_write_timeout(Some(o.config.timeout)).map_err(ctx)?;
+            let reader = s.try_clone().map_err(ctx)?;
+            spawn_reader(reader, peer, Arc::clone(&mailbox), o.config.max_frame_bytes)?;
+            peers.push(Some(Peer {
+                writer: Mutex::new(s),
+            }));
+        }
+        let ep: Arc<dyn Transport> = Arc::new(Endpoint {
+            rank: o.rank,
+            size: o.size,
+            config: o.config.clone(),
+            peers,
+            mailbox,
+            listener: Arc::clone(&listener),
+            _store_server: store_server,
+        });
+        let comm = TcpComm {
+            group: Group::world(ep),
+            listener,
+            setup: Duration::ZERO,
+        };
+        // Nobody returns before everybody is connected.
+        comm.group.barrier()?;
+        Ok(TcpComm {
+            setup: start.elapsed(),
+            ..comm
+        })
+    }
+
+    /// Connections this rank refused, with the reason, e.g.
+    /// `127.0.0.1:40112: connection refused: wrong job token`.
+    pub fn refusals(&self) -> Vec<String> {
+        self.listener
+            .refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The address this rank listens on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listener.addr
+    }
+
+    /// How long creating this communicator took.
+    pub fn setup_time(&self) -> Duration {
+        self.setup
+    }
+}
+
+/// Connects to a lower rank and says hello; retries until the deadline.
+fn dial(addr: &str, peer: usize, o: &TcpOptions, start: Instant) -> Result<TcpStream> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let remaining = o.config.connect_timeout.saturating_sub(start.elapsed());
+        let attempt = addr
+            .to_socket_addrs()
+            .map_err(|e| CommError::io(format!("resolving rank {peer}'s address {addr}"), e))?
+            .find_map(|a| TcpStream::connect_timeout(&a, remaining.max(Duration::from_millis(1))).ok());
+        if let Some(mut s) = attempt {
+            let _ = s.set_nodelay(true);
+            let hello = wire::write_frame(
+                &mut s,
+                Kind::Hello,
+                o.rank as u64,
+                o.size as u64,
+                o.token.as_bytes(),
+            )
+            .and_then(|_| s.flush());
+            s.set_read_timeout(Some(remaining.max(Duration::from_millis(1))))
+                .map_err(|e| CommError::io("setting a handshake timeout", e))?;
+            let ack = hello
+                .map_err(|e| CommError::io(format!("greeting rank {peer}"), e))
+                .and_then(|_| wire::read_header(&mut s, 0, addr));
+            return match ack {
+                Ok(Some(h)) if h.kind == Kind::Ack => Ok(s),
+                _ => Err(CommError::Auth {
+                    addr: addr.to_string(),
+                    reason: format!("rank {peer} refused this rank's hello (token or size mismatch?)"),
+                }),
+            };
+        }
+        if start.elapsed() >= o.config.connect_timeout {
+            return Err(CommError::Timeout {
+                op: "tcp connect",
+                peer,
+                after: o.config.connect_timeout,
+            });
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+fn spawn_acceptor(
+    tcp: TcpListener,
+    listener: Arc<Listener>,
+    accepted: mpsc::Sender<(usize, TcpStream)>,
+    handshake_timeout: Duration,
+) -> Result<()> {
+    thread::Builder::new()
+        .name(format!("deeprc-accept-{}", listener.rank))
+        .spawn(move || {
+            for conn in tcp.incoming() {
+                if listener.closing.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let listener = Arc::clone(&listener);
+                let accepted = accepted.clone();
+                let _ = thread::Builder::new()
+                    .name("deeprc-handshake".into())
+                    .spawn(move || {
+                        let from = conn
+                            .peer_addr()
+                            .map_or_else(|_| "?".into(), |a| a.to_string());
+                        match listener.handshake(&mut conn, &from, handshake_timeout) {
+                            Ok(peer) => {
+                                if wire::write_frame(&mut conn, Kind::Ack, 0, 0, &[]).is_ok() {
+                                    let _ = accepted.send((peer, conn));
+                                }
+                            }
+                            Err(e) => listener.refuse(&conn, &from, e.to_string()),
+                        }
+                    });
+            }
+        })
+        .map_err(|e| CommError::io("spawning the accept thread", e))?;
+    Ok(())
+}
+
+fn spawn_reader(
+    mut conn: TcpStream,
+    peer: usize,
+    mailbox: Arc<Mailbox>,
+    limit: u64,
+) -> Result<()> {
+    let from = format!("rank {peer}");
+    thread::Builder::new()
+        .name(format!("deeprc-recv-{peer}"))
+        .spawn(move || {
+            let reason = loop {
+                let h = match wire::read_header(&mut conn, limit, &from) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => break format!("rank {peer} closed its connection"),
+                    Err(e) => break e.to_string(),
+                };
+                let body = match wire::read_body(&mut conn, h.len, &from) {
+                    Ok(b) => b,
+                    Err(e) => break e.to_string(),
+                };
+                match h.kind {
+                    Kind::Data => mailbox.push(
+                        peer,
+                        Key {
+                            ctx: h.ctx,
+                            tag: h.tag,
+                        },
+                        Payload::Bytes(Bytes::from(body)),
+                    ),
+                    Kind::Abort => {
+                        break format!("rank {peer} aborted: {}", String::from_utf8_lossy(&body))
+                    }
+                    other => break format!("unexpected {other:?} frame from rank {peer}"),
+                }
+            };
+            let _ = conn.shutdown(Shutdown::Both);
+            mailbox.mark_lost(peer, reason);
+        })
+        .map_err(|e| CommError::io("spawning a receive thread", e))?;
+    Ok(())
+}
+
+crate::delegate_communicator!(TcpComm);

@@ -1,0 +1,191 @@
+//! The frame format on a Deep RC TCP connection.
+//!
+//! ```text
+//! +-------+------+----------+----------+----------+----------------+
+//! | magic | kind | ctx: u64 | tag: u64 | len: u64 | body (len B)   |
+//! | DRC1  |  u8  |    LE    |    LE    |    LE    |                |
+//! +-------+------+----------+----------+----------+----------------+
+//! ```
+//!
+//! The length is checked against the receiver's limit before any memory is
+//! allocated for the body.
+
+use crate::{CommError, Result};
+use std::io::{self, Read, Write};
+
+pub(crate) const MAGIC: [u8; 4] = *b"DRC1";
+pub(crate) const HEADER_LEN: usize = 29;
+/// The largest handshake or store-control body accepted.
+pub(crate) const CONTROL_LIMIT: u64 = 64 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Data = 0,
+    Hello = 1,
+    Ack = 2,
+    Abort = 3,
+    StoreSet = 4,
+    StoreGet = 5,
+    StoreValue = 6,
+    StoreMissing = 7,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            0 => Kind::Data,
+            1 => Kind::Hello,
+            2 => Kind::Ack,
+            3 => Kind::Abort,
+            4 => Kind::StoreSet,
+            5 => Kind::StoreGet,
+            6 => Kind::StoreValue,
+            7 => Kind::StoreMissing,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    pub(crate) kind: Kind,
+    pub(crate) ctx: u64,
+    pub(crate) tag: u64,
+    pub(crate) len: u64,
+}
+
+pub(crate) fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
+    let mut b = [0u8; HEADER_LEN];
+    b[..4].copy_from_slice(&MAGIC);
+    b[4] = h.kind as u8;
+    b[5..13].copy_from_slice(&h.ctx.to_le_bytes());
+    b[13..21].copy_from_slice(&h.tag.to_le_bytes());
+    b[21..29].copy_from_slice(&h.len.to_le_bytes());
+    b
+}
+
+/// Writes one frame. Small bodies go out with the header in one write.
+pub(crate) fn write_frame(
+    w: &mut impl Write,
+    kind: Kind,
+    ctx: u64,
+    tag: u64,
+    body: &[u8],
+) -> io::Result<()> {
+    let header = encode_header(&Header {
+        kind,
+        ctx,
+        tag,
+        len: body.len() as u64,
+    });
+    if body.len() <= 16 << 10 {
+        let mut buf = Vec::with_capacity(HEADER_LEN + body.len());
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(body);
+        w.write_all(&buf)
+    } else {
+        w.write_all(&header)?;
+        w.write_all(body)
+    }
+}
+
+/// Reads a header and checks magic, kind and `len <= limit`.
+/// `Ok(None)` means the connection was closed cleanly before a frame.
+pub(crate) fn read_header(r: &mut impl Read, limit: u64, from: &str) -> Result<Option<Header>> {
+    let mut b = [0u8; HEADER_LEN];
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        match r.read(&mut b[filled..]) {
+            Ok(0) if filled == 0 => return Ok(None),
+            Ok(0) => {
+                return Err(CommError::MalformedFrame {
+                    from: from.to_string(),
+                    reason: format!("connection closed inside a header ({filled} of {HEADER_LEN} bytes)"),
+                })
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CommError::io(format!("reading a frame from {from}"), e)),
+        }
+    }
+    if b[..4] != MAGIC {
+        return Err(CommError::MalformedFrame {
+            from: from.to_string(),
+            reason: format!("bad magic {:02x?}", &b[..4]),
+        });
+    }
+    let kind = Kind::from_u8(b[4]).ok_or_else(|| CommError::MalformedFrame {
+        from: from.to_string(),
+        reason: format!("unknown frame kind {}", b[4]),
+    })?;
+    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+    let h = Header {
+        kind,
+        ctx: u64_at(5),
+        tag: u64_at(13),
+        len: u64_at(21),
+    };
+    if h.len > limit {
+        return Err(CommError::FrameTooLarge {
+            len: h.len,
+            limit,
+            from: from.to_string(),
+        });
+    }
+    Ok(Some(h))
+}
+
+/// Reads a body of `len` bytes without zero-filling the buffer first.
+pub(crate) fn read_body(r: &mut impl Read, len: u64, from: &str) -> Result<Vec<u8>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len as usize).map_err(|e| {
+        CommError::io(
+            format!("allocating {len} bytes for a frame from {from}"),
+            io::Error::new(io::ErrorKind::OutOfMemory, e.to_string()),
+        )
+    })?;
+    let got = r
+        .take(len)
+        .read_to_end(&mut v)
+        .map_err(|e| CommError::io(format!("reading a frame body from {from}"), e))?;
+    if got as u64 != len {
+        return Err(CommError::MalformedFrame {
+            from: from.to_string(),
+            reason: format!("connection closed after {got} of {len} body bytes"),
+        });
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_limits() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, Kind::Data, 7, 9, b"hello").unwrap();
+        let mut r = &buf[..];
+        let h = read_header(&mut r, 100, "t").unwrap().unwrap();
+        assert_eq!((h.kind, h.ctx, h.tag, h.len), (Kind::Data, 7, 9, 5));
+        assert_eq!(read_body(&mut r, h.len, "t").unwrap(), b"hello");
+        assert!(read_header(&mut r, 100, "t").unwrap().is_none());
+
+        let mut r = &buf[..];
+        assert!(matches!(
+            read_header(&mut r, 4, "t"),
+            Err(CommError::FrameTooLarge { len: 5, limit: 4, .. })
+        ));
+        let mut bad = buf.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            read_header(&mut &bad[..], 100, "t"),
+            Err(CommError::MalformedFrame { .. })
+        ));
+        assert!(matches!(
+            read_body(&mut &b"abc"[..], 5, "t"),
+            Err(CommError::MalformedFrame { .. })
+        ));
+    }
+}
