@@ -43,6 +43,24 @@ pub mod local;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 
+#[cfg(feature = "mpi")]
+pub mod mpi;
+#[cfg(not(feature = "mpi"))]
+#[path = "unavailable/mpi.rs"]
+pub mod mpi;
+
+#[cfg(feature = "gloo")]
+pub mod gloo;
+#[cfg(not(feature = "gloo"))]
+#[path = "unavailable/gloo.rs"]
+pub mod gloo;
+
+#[cfg(feature = "nccl")]
+pub mod nccl;
+#[cfg(not(feature = "nccl"))]
+#[path = "unavailable/nccl.rs"]
+pub mod nccl;
+
 pub use communicator::{
     pod_vec, AnyBox, Backend, Communicator, CommunicatorExt, DType, ReduceOp, Reducible, Tag,
 };

@@ -1,0 +1,1 @@
+//! Placeholder: the gloo backend's stub is written with the backend.
