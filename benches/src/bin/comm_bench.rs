@@ -1,1 +1,321 @@
-fn main() {}
+//! Communicator benchmarks: creation time, all-to-all and all-reduce, per
+//! backend, beside memcpy bandwidth measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p deeprc-benches --bin comm_bench            # local + tcp
+//! DEEPRC_BENCH_MPIEXEC=mpiexec.mpich cargo run --release -p deeprc-benches \
+//!     --features mpi --bin comm_bench                                # + MPI
+//! ```
+//!
+//! Sizes are totals over all ranks: "64 MiB between 2 ranks" means each rank
+//! holds a 32 MiB send buffer, split evenly over the ranks (itself included).
+//! Times are the slowest rank's, median over repetitions.
+
+use bytes::Bytes;
+use deeprc_comm::{
+    local,
+    tcp::{StoreSpec, TcpComm, TcpOptions},
+    CommConfig, CommError, Communicator, CommunicatorExt, ReduceOp,
+};
+use std::{
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+const MIB: usize = 1 << 20;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// memcpy bandwidth in GB/s over `bytes` bytes.
+fn memcpy_gbps(bytes: usize) -> f64 {
+    let src = vec![1u8; bytes];
+    let mut dst = vec![0u8; bytes];
+    dst.copy_from_slice(&src);
+    let times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&dst);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    bytes as f64 / median(times) / 1e9
+}
+
+/// Times `f` on every rank; returns the median over `reps` of the slowest rank.
+fn timed(
+    comm: &dyn Communicator,
+    reps: usize,
+    mut f: impl FnMut() -> Result<(), CommError>,
+) -> Result<f64, CommError> {
+    f()?; // warm-up
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        comm.barrier()?;
+        let t = Instant::now();
+        f()?;
+        let mine = t.elapsed().as_secs_f64();
+        times.push(comm.all_reduce_scalar(mine, ReduceOp::Max)?);
+    }
+    Ok(median(times))
+}
+
+/// One result line: `op<TAB>total bytes<TAB>seconds`.
+struct Row {
+    op: &'static str,
+    bytes: usize,
+    secs: f64,
+}
+
+fn run_ops(comm: &dyn Communicator, big: bool) -> Result<Vec<Row>, CommError> {
+    let n = comm.size();
+    let mut rows = Vec::new();
+    let mut sizes = vec![64 * MIB];
+    if big {
+        sizes.push(1024 * MIB);
+    }
+    for total in sizes {
+        let per_rank = total / n;
+        let part = per_rank / n;
+        let parts: Vec<Bytes> = (0..n)
+            .map(|_| Bytes::from(vec![comm.rank() as u8; part]))
+            .collect();
+        let reps = if total > 256 * MIB { 3 } else { 7 };
+        let secs = timed(comm, reps, || comm.all_to_all_v(parts.clone()).map(|_| ()))?;
+        rows.push(Row {
+            op: "all_to_all_v",
+            bytes: total,
+            secs,
+        });
+    }
+    let mut tiny = [1.0f64];
+    let secs = timed(comm, 201, || comm.all_reduce(&mut tiny, ReduceOp::Sum))?;
+    rows.push(Row {
+        op: "all_reduce",
+        bytes: 8,
+        secs,
+    });
+    let mut big_buf = vec![1.0f32; 64 * MIB / 4];
+    let secs = timed(comm, 5, || comm.all_reduce(&mut big_buf, ReduceOp::Sum))?;
+    rows.push(Row {
+        op: "all_reduce",
+        bytes: 64 * MIB,
+        secs,
+    });
+    Ok(rows)
+}
+
+fn fmt_bytes(b: usize) -> String {
+    if b >= 1 << 30 {
+        format!("{} GiB", b >> 30)
+    } else if b >= MIB {
+        format!("{} MiB", b >> 20)
+    } else {
+        format!("{b} B")
+    }
+}
+
+fn print_rows(backend: &str, n: usize, rows: &[Row], memcpy: f64) {
+    for r in rows {
+        if backend == "local" && r.op == "all_to_all_v" {
+            // Thread ranks hand reference-counted buffers over: no byte moves.
+            println!(
+                "| {backend:<6} | {n} | {:<12} | {:>8} | {:>10.3} ms | zero-copy hand-over | - |",
+                r.op,
+                fmt_bytes(r.bytes),
+                r.secs * 1e3
+            );
+            continue;
+        }
+        let gbps = r.bytes as f64 / r.secs / 1e9;
+        println!(
+            "| {backend:<6} | {n} | {:<12} | {:>8} | {:>10.3} ms | {:>6.2} GB/s | {:>5.1}% of memcpy |",
+            r.op,
+            fmt_bytes(r.bytes),
+            r.secs * 1e3,
+            gbps,
+            100.0 * gbps / memcpy
+        );
+    }
+}
+
+/// Worker mode: one process rank of a process backend.
+fn worker(backend: &str) -> Result<(), CommError> {
+    let t = Instant::now();
+    let comm: Box<dyn Communicator> = match backend {
+        "tcp" => Box::new(TcpComm::from_env()?),
+        #[cfg(feature = "mpi")]
+        "mpi" => Box::new(deeprc_comm::mpi::MpiComm::world()?),
+        #[cfg(feature = "gloo")]
+        "gloo" => Box::new(deeprc_comm::gloo::GlooComm::from_env()?),
+        other => panic!("backend {other} not compiled into this benchmark"),
+    };
+    comm.barrier()?;
+    let create = comm.all_reduce_scalar(t.elapsed().as_secs_f64(), ReduceOp::Max)?;
+    if comm.rank() == 0 {
+        println!("CREATE\t{create}");
+    }
+    if std::env::var("DEEPRC_BENCH_CREATE_ONLY").is_ok() {
+        return Ok(());
+    }
+    let rows = run_ops(&*comm, comm.size() <= 4)?;
+    if comm.rank() == 0 {
+        for r in rows {
+            println!("ROW\t{}\t{}\t{}", r.op, r.bytes, r.secs);
+        }
+    }
+    Ok(())
+}
+
+/// Starts `n` worker processes of `backend` and collects rank 0's lines.
+fn spawn_workers(backend: &str, n: usize, create_only: bool) -> (f64, Vec<Row>) {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = std::env::temp_dir().join(format!(
+        "deeprc-bench-{}-{n}-{}",
+        std::process::id(),
+        backend
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let children: Vec<_> = match backend {
+        "mpi" => {
+            let mpiexec = std::env::var("DEEPRC_BENCH_MPIEXEC").unwrap_or("mpirun".into());
+            let mut c = Command::new(mpiexec);
+            c.args(["-n", &n.to_string()]);
+            c.arg(&exe).args(["--worker", "mpi"]);
+            if create_only {
+                c.env("DEEPRC_BENCH_CREATE_ONLY", "1");
+            }
+            vec![c.stdout(Stdio::piped()).spawn().expect("mpiexec")]
+        }
+        _ => (0..n)
+            .map(|r| {
+                let mut c = Command::new(&exe);
+                c.args(["--worker", backend])
+                    .env("DEEPRC_RANK", r.to_string())
+                    .env("DEEPRC_WORLD_SIZE", n.to_string())
+                    .env("DEEPRC_STORE", dir.display().to_string())
+                    .env("DEEPRC_TOKEN", format!("bench-{}-{n}", std::process::id()))
+                    .stdout(Stdio::piped());
+                if create_only {
+                    c.env("DEEPRC_BENCH_CREATE_ONLY", "1");
+                }
+                c.spawn().expect("worker")
+            })
+            .collect(),
+    };
+    let mut create = f64::NAN;
+    let mut rows = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().expect("worker output");
+        assert!(out.status.success(), "{backend} worker failed");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            match f.as_slice() {
+                ["CREATE", s] => create = s.parse().unwrap_or(f64::NAN),
+                ["ROW", op, b, s] => rows.push(Row {
+                    op: if *op == "all_to_all_v" {
+                        "all_to_all_v"
+                    } else {
+                        "all_reduce"
+                    },
+                    bytes: b.parse().unwrap_or(0),
+                    secs: s.parse().unwrap_or(f64::NAN),
+                }),
+                _ => {}
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    (create, rows)
+}
+
+fn local_create_time(n: usize) -> f64 {
+    let times: Vec<f64> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let comms = local::create(n, CommConfig::default()).expect("create");
+            let e = t.elapsed().as_secs_f64();
+            drop(comms);
+            e
+        })
+        .collect();
+    median(times)
+}
+
+fn tcp_threads_create_time(n: usize) -> f64 {
+    let dir = std::env::temp_dir().join(format!("deeprc-bench-tt-{}-{n}", std::process::id()));
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for r in 0..n {
+            let dir = dir.clone();
+            s.spawn(move || {
+                let o = TcpOptions::new(r, n, StoreSpec::Dir(dir), "bench-threads");
+                TcpComm::connect(o).expect("tcp connect")
+            });
+        }
+    });
+    let e = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(dir);
+    e
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() >= 3 && args[1] == "--worker" {
+        if let Err(e) = worker(&args[2]) {
+            eprintln!("worker error: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let mpi = cfg!(feature = "mpi") && std::env::var("DEEPRC_BENCH_MPIEXEC").is_ok();
+    let gloo = cfg!(feature = "gloo");
+    let memcpy = memcpy_gbps(256 * MIB);
+    println!("memcpy bandwidth (256 MiB, this run): {memcpy:.2} GB/s\n");
+
+    println!("## Communicator creation (slowest rank, median)\n");
+    println!("| backend | ranks | create |");
+    println!("|---|---|---|");
+    for n in [2, 4, 8] {
+        println!(
+            "| local (threads) | {n} | {:.1} us |",
+            local_create_time(n) * 1e6
+        );
+    }
+    for n in [2, 4, 8] {
+        println!(
+            "| tcp (threads, dir store) | {n} | {:.3} ms |",
+            tcp_threads_create_time(n) * 1e3
+        );
+    }
+    let mut backends = vec!["tcp"];
+    if gloo {
+        backends.push("gloo");
+    }
+    if mpi {
+        backends.push("mpi");
+    }
+    for b in &backends {
+        for n in [2, 4, 8] {
+            let times: Vec<f64> = (0..5).map(|_| spawn_workers(b, n, true).0).collect();
+            println!("| {b} (processes) | {n} | {:.3} ms |", median(times) * 1e3);
+        }
+    }
+
+    println!("\n## Collectives (sizes are totals over all ranks)\n");
+    println!("| backend | ranks | op | size | time | bandwidth | vs memcpy |");
+    println!("|---|---|---|---|---|---|---|");
+    for n in [2, 4] {
+        let rows = local::launch(n, |c| run_ops(&c, true)).expect("local run");
+        print_rows("local", n, &rows[0], memcpy);
+    }
+    for b in &backends {
+        for n in [2, 4] {
+            let (_, rows) = spawn_workers(b, n, false);
+            print_rows(b, n, &rows, memcpy);
+        }
+    }
+}

@@ -283,7 +283,10 @@ pub fn pod_vec<T: bytemuck::Pod>(bytes: &[u8]) -> Result<Vec<T>> {
     if bytes.len() % size != 0 {
         return Err(CommError::invalid(
             "pod_vec",
-            format!("{} bytes is not a multiple of the element size {size}", bytes.len()),
+            format!(
+                "{} bytes is not a multiple of the element size {size}",
+                bytes.len()
+            ),
         ));
     }
     let mut out = vec![T::zeroed(); bytes.len() / size];

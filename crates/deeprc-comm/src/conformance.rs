@@ -5,7 +5,7 @@
 //! reference computed from the ranks' deterministic inputs. Backend test
 //! harnesses call it unchanged.
 
-use crate::{Communicator, CommunicatorExt, CommError, DType, ReduceOp, Result};
+use crate::{CommError, Communicator, CommunicatorExt, DType, ReduceOp, Result};
 use bytes::Bytes;
 
 /// How large the large-message cases are.
@@ -18,7 +18,9 @@ pub struct Sizes {
 
 impl Default for Sizes {
     fn default() -> Self {
-        Self { large_bytes: 1 << 20 }
+        Self {
+            large_bytes: 1 << 20,
+        }
     }
 }
 
@@ -89,7 +91,9 @@ pub fn run_all(comm: &dyn Communicator, sizes: Sizes) -> Result<Vec<&'static str
 }
 
 fn rank_and_size(c: &dyn Communicator, _: Sizes) -> Result<()> {
-    check(c.rank() < c.size(), || format!("rank {} >= size {}", c.rank(), c.size()))?;
+    check(c.rank() < c.size(), || {
+        format!("rank {} >= size {}", c.rank(), c.size())
+    })?;
     let ranks = c.all_gather_pod(&[c.rank() as u64])?;
     let want: Vec<Vec<u64>> = (0..c.size() as u64).map(|r| vec![r]).collect();
     check(ranks == want, || format!("ranks gathered {ranks:?}"))
@@ -110,13 +114,19 @@ fn point_to_point(c: &dyn Communicator, _: Sizes) -> Result<()> {
     let first = c.recv(prev, 5)?;
     let second = c.recv(prev, 5)?;
     check(on6 == pattern(3, prev, r, 1000), || "tag 6 payload".into())?;
-    check(first == pattern(1, prev, r, 10), || "first tag-5 payload".into())?;
+    check(first == pattern(1, prev, r, 10), || {
+        "first tag-5 payload".into()
+    })?;
     check(second.is_empty(), || "empty message".into())
 }
 
 fn broadcast(c: &dyn Communicator, s: Sizes) -> Result<()> {
     for root in 0..c.size() {
-        let large = if root + 1 == c.size() { s.large_bytes } else { 0 };
+        let large = if root + 1 == c.size() {
+            s.large_bytes
+        } else {
+            0
+        };
         for len in [0, 1, 4096, large] {
             let mine = if c.rank() == root {
                 pattern(10, root, 0, len)
@@ -134,7 +144,10 @@ fn broadcast(c: &dyn Communicator, s: Sizes) -> Result<()> {
 
 fn gather(c: &dyn Communicator, _: Sizes) -> Result<()> {
     for root in 0..c.size() {
-        let got = c.gather(root, pattern(20, c.rank(), root, uneven_len(c.rank(), root)))?;
+        let got = c.gather(
+            root,
+            pattern(20, c.rank(), root, uneven_len(c.rank(), root)),
+        )?;
         match got {
             Some(parts) => {
                 check(c.rank() == root, || "non-root got data".into())?;
@@ -161,9 +174,15 @@ fn all_gather(c: &dyn Communicator, _: Sizes) -> Result<()> {
     Ok(())
 }
 
-fn all_to_all_with(c: &dyn Communicator, case: u64, len: impl Fn(usize, usize) -> usize) -> Result<()> {
+fn all_to_all_with(
+    c: &dyn Communicator,
+    case: u64,
+    len: impl Fn(usize, usize) -> usize,
+) -> Result<()> {
     let r = c.rank();
-    let parts = (0..c.size()).map(|d| pattern(case, r, d, len(r, d))).collect();
+    let parts = (0..c.size())
+        .map(|d| pattern(case, r, d, len(r, d)))
+        .collect();
     let got = c.all_to_all_v(parts)?;
     check(got.len() == c.size(), || "all_to_all count".into())?;
     for (src, p) in got.iter().enumerate() {
@@ -199,7 +218,12 @@ where
             .map(|i| {
                 let mut acc: Vec<u8> = bytemuck::bytes_of(&f(0, i)).to_vec();
                 for r in 1..n {
-                    crate::reduce::reduce_into(&mut acc, bytemuck::bytes_of(&f(r, i)), T::DTYPE, op);
+                    crate::reduce::reduce_into(
+                        &mut acc,
+                        bytemuck::bytes_of(&f(r, i)),
+                        T::DTYPE,
+                        op,
+                    );
                 }
                 bytemuck::pod_read_unaligned(&acc)
             })
@@ -249,14 +273,21 @@ fn split(c: &dyn Communicator, s: Sizes) -> Result<()> {
     check(sub.size() == members.len(), || "sub size".into())?;
     check(members[sub.rank()] == r, || "sub rank order".into())?;
     let sum = sub.all_reduce_scalar(r as u64, ReduceOp::Sum)?;
-    check(sum == members.iter().map(|&m| m as u64).sum::<u64>(), || "sub sum".into())?;
+    check(
+        sum == members.iter().map(|&m| m as u64).sum::<u64>(),
+        || "sub sum".into(),
+    )?;
     run_subset(&*sub, s)?;
     // Rank 0 opts out; the others form one group; a split of a split works.
     let rest = c.split(if r == 0 { None } else { Some(7) }, 0)?;
     check(rest.is_some() == (r != 0), || "opt-out".into())?;
     if let Some(rest) = rest {
-        check(rest.size() == n - 1 && rest.rank() == r - 1, || "rest group".into())?;
-        let again = rest.split(Some(0), 0)?.ok_or_else(|| fail("nested split"))?;
+        check(rest.size() == n - 1 && rest.rank() == r - 1, || {
+            "rest group".into()
+        })?;
+        let again = rest
+            .split(Some(0), 0)?
+            .ok_or_else(|| fail("nested split"))?;
         again.barrier()?;
         let total = again.all_reduce_scalar(1u32, ReduceOp::Sum)?;
         check(total as usize == n - 1, || "nested sum".into())?;
@@ -278,16 +309,25 @@ fn run_subset(c: &dyn Communicator, s: Sizes) -> Result<()> {
 fn invalid_arguments(c: &dyn Communicator, _: Sizes) -> Result<()> {
     let n = c.size();
     check(
-        matches!(c.send(n, 0, Bytes::new()), Err(CommError::InvalidRank { .. })),
+        matches!(
+            c.send(n, 0, Bytes::new()),
+            Err(CommError::InvalidRank { .. })
+        ),
         || "send to rank size".into(),
     )?;
     check(
-        matches!(c.all_to_all_v(vec![Bytes::new(); n + 1]), Err(CommError::InvalidArgument { .. })),
+        matches!(
+            c.all_to_all_v(vec![Bytes::new(); n + 1]),
+            Err(CommError::InvalidArgument { .. })
+        ),
         || "all_to_all with too many parts".into(),
     )?;
     let mut odd = [0u8; 3];
     check(
-        matches!(c.all_reduce_raw(&mut odd, DType::F32, ReduceOp::Sum), Err(CommError::InvalidArgument { .. })),
+        matches!(
+            c.all_reduce_raw(&mut odd, DType::F32, ReduceOp::Sum),
+            Err(CommError::InvalidArgument { .. })
+        ),
         || "all_reduce of a partial element".into(),
     )?;
     // The communicator is still usable after refused calls.

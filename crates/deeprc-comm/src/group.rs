@@ -91,13 +91,10 @@ impl Group {
     }
 
     fn check_rank(&self, r: usize) -> Result<usize> {
-        self.members
-            .get(r)
-            .copied()
-            .ok_or(CommError::InvalidRank {
-                rank: r,
-                size: self.members.len(),
-            })
+        self.members.get(r).copied().ok_or(CommError::InvalidRank {
+            rank: r,
+            size: self.members.len(),
+        })
     }
 
     fn key(&self, tag: u64) -> Key {
@@ -197,7 +194,12 @@ impl Communicator for Group {
         let mut round = 0;
         while dist < n {
             let tag = internal(Op::Barrier, round);
-            self.send_p("barrier", (self.rank + dist) % n, tag, Payload::Bytes(Bytes::new()))?;
+            self.send_p(
+                "barrier",
+                (self.rank + dist) % n,
+                tag,
+                Payload::Bytes(Bytes::new()),
+            )?;
             self.recv_b("barrier", (self.rank + n - dist) % n, tag)?;
             dist *= 2;
             round += 1;

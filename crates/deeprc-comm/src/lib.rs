@@ -30,8 +30,8 @@
 //! [`CommError::NotCompiled`].
 
 mod communicator;
-pub mod conformance;
 mod config;
+pub mod conformance;
 mod error;
 mod group;
 mod macros;

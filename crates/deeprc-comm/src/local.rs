@@ -75,7 +75,6 @@ impl Transport for Endpoint {
         self.hub.mailboxes.len()
     }
 
-
     fn supports_objects(&self) -> bool {
         true
     }
@@ -118,7 +117,10 @@ pub struct LocalComm {
 /// ```
 pub fn create(n: usize, config: CommConfig) -> Result<Vec<LocalComm>> {
     if n == 0 {
-        return Err(CommError::invalid("local::create", "a group needs at least one rank"));
+        return Err(CommError::invalid(
+            "local::create",
+            "a group needs at least one rank",
+        ));
     }
     let hub = Arc::new(Hub {
         mailboxes: (0..n).map(|_| Mailbox::default()).collect(),

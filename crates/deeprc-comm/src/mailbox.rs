@@ -140,9 +140,21 @@ mod tests {
         m.push(0, K, Payload::Bytes(Bytes::from_static(b"b")));
         m.mark_lost(0, "gone".into());
         let t = Duration::from_millis(10);
-        assert_eq!(&m.pop("t", 0, K, t).unwrap().into_bytes("t").unwrap()[..], b"a");
-        assert_eq!(&m.pop("t", 0, K, t).unwrap().into_bytes("t").unwrap()[..], b"b");
-        assert!(matches!(m.pop("t", 0, K, t), Err(CommError::PeerLost { peer: 0, .. })));
-        assert!(matches!(m.pop("t", 1, K, t), Err(CommError::Timeout { peer: 1, .. })));
+        assert_eq!(
+            &m.pop("t", 0, K, t).unwrap().into_bytes("t").unwrap()[..],
+            b"a"
+        );
+        assert_eq!(
+            &m.pop("t", 0, K, t).unwrap().into_bytes("t").unwrap()[..],
+            b"b"
+        );
+        assert!(matches!(
+            m.pop("t", 0, K, t),
+            Err(CommError::PeerLost { peer: 0, .. })
+        ));
+        assert!(matches!(
+            m.pop("t", 1, K, t),
+            Err(CommError::Timeout { peer: 1, .. })
+        ));
     }
 }

@@ -68,11 +68,19 @@ fn tcp_conformance_in_processes_2_and_4() {
     for n in [2, 4] {
         let port = common::free_port();
         let store = format!("127.0.0.1:{port}");
-        let kids = common::spawn_ranks(n, "tcp_conformance_rank", &store, &[("DEEPRC_TEST_N", n.to_string())]);
+        let kids = common::spawn_ranks(
+            n,
+            "tcp_conformance_rank",
+            &store,
+            &[("DEEPRC_TEST_N", n.to_string())],
+        );
         for (r, k) in kids.into_iter().enumerate() {
             let (code, out, _) = common::wait_output(k, Duration::from_secs(300));
             assert_eq!(code, Some(0), "rank {r} of {n}: {out}");
-            assert!(common::result_line(&out).starts_with("ok 12"), "rank {r} of {n}: {out}");
+            assert!(
+                common::result_line(&out).starts_with("ok 12"),
+                "rank {r} of {n}: {out}"
+            );
         }
     }
 }
@@ -103,5 +111,9 @@ fn tcp_in_threads_timeout_is_bounded() {
         }
         c.barrier()
     });
-    assert!(matches!(out[0], Err(CommError::Timeout { peer: 1, .. })), "{:?}", out[0]);
+    assert!(
+        matches!(out[0], Err(CommError::Timeout { peer: 1, .. })),
+        "{:?}",
+        out[0]
+    );
 }

@@ -96,9 +96,9 @@ impl FromStr for Resources {
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let lower = part.to_ascii_lowercase();
             if let Some(n) = lower.strip_suffix('c') {
-                r.cores = n
-                    .parse()
-                    .map_err(|_| CoreError::parse("resources", s, format!("bad core count {part:?}")))?;
+                r.cores = n.parse().map_err(|_| {
+                    CoreError::parse("resources", s, format!("bad core count {part:?}"))
+                })?;
             } else if let Some(n) = lower.strip_suffix('g').filter(|n| n.parse::<f64>().is_ok()) {
                 r.gpus = n.parse().expect("checked by the filter");
                 if !(r.gpus >= 0.0 && r.gpus.is_finite()) {
@@ -119,7 +119,10 @@ mod tests {
     #[test]
     fn parses_specs() {
         let r: Resources = "2c, 0.25g, 512MiB".parse().unwrap();
-        assert_eq!(r, Resources::cores(2).with_gpus(0.25).with_memory(512 << 20));
+        assert_eq!(
+            r,
+            Resources::cores(2).with_gpus(0.25).with_memory(512 << 20)
+        );
         assert_eq!(parse_bytes("1.5G").unwrap(), 1_500_000_000);
         assert!("xc".parse::<Resources>().is_err());
         assert!("12parsecs".parse::<Resources>().is_err());

@@ -168,7 +168,10 @@ impl Listener {
                 reason: "the group is already complete".into(),
             });
         }
-        let mut connected = self.connected.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut connected = self
+            .connected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if std::mem::replace(&mut connected[peer], true) {
             return Err(CommError::Auth {
                 addr: from.to_string(),
@@ -221,7 +224,6 @@ impl Transport for Endpoint {
         self.size
     }
 
-
     fn supports_objects(&self) -> bool {
         false
     }
@@ -242,7 +244,10 @@ impl Transport for Endpoint {
         let peer = self.peers[dst].as_ref().expect("mesh is complete");
         let mut w = peer.writer.lock().unwrap_or_else(PoisonError::into_inner);
         wire::write_frame(&mut *w, Kind::Data, key.ctx, key.tag, &data).map_err(|e| {
-            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
                 CommError::Timeout {
                     op,
                     peer: dst,
@@ -334,7 +339,12 @@ impl TcpComm {
             refusals: Mutex::new(Vec::new()),
         });
         let (accepted_tx, accepted_rx) = mpsc::channel();
-        spawn_acceptor(tcp, Arc::clone(&listener), accepted_tx, o.config.connect_timeout)?;
+        spawn_acceptor(
+            tcp,
+            Arc::clone(&listener),
+            accepted_tx,
+            o.config.connect_timeout,
+        )?;
         store.set(&format!("addr/{}", o.rank), advertised.as_bytes())?;
 
         let mut streams: Vec<Option<TcpStream>> = (0..o.size).map(|_| None).collect();
@@ -431,7 +441,9 @@ fn dial(addr: &str, peer: usize, o: &TcpOptions, start: Instant) -> Result<TcpSt
         let attempt = addr
             .to_socket_addrs()
             .map_err(|e| CommError::io(format!("resolving rank {peer}'s address {addr}"), e))?
-            .find_map(|a| TcpStream::connect_timeout(&a, remaining.max(Duration::from_millis(1))).ok());
+            .find_map(|a| {
+                TcpStream::connect_timeout(&a, remaining.max(Duration::from_millis(1))).ok()
+            });
         if let Some(mut s) = attempt {
             let _ = s.set_nodelay(true);
             let hello = wire::write_frame(
@@ -451,7 +463,9 @@ fn dial(addr: &str, peer: usize, o: &TcpOptions, start: Instant) -> Result<TcpSt
                 Ok(Some(h)) if h.kind == Kind::Ack => Ok(s),
                 _ => Err(CommError::Auth {
                     addr: addr.to_string(),
-                    reason: format!("rank {peer} refused this rank's hello (token or size mismatch?)"),
+                    reason: format!(
+                        "rank {peer} refused this rank's hello (token or size mismatch?)"
+                    ),
                 }),
             };
         }
@@ -504,12 +518,7 @@ fn spawn_acceptor(
     Ok(())
 }
 
-fn spawn_reader(
-    mut conn: TcpStream,
-    peer: usize,
-    mailbox: Arc<Mailbox>,
-    limit: u64,
-) -> Result<()> {
+fn spawn_reader(mut conn: TcpStream, peer: usize, mailbox: Arc<Mailbox>, limit: u64) -> Result<()> {
     let from = format!("rank {peer}");
     thread::Builder::new()
         .name(format!("deeprc-recv-{peer}"))

@@ -290,7 +290,13 @@ impl TcpStore {
         })
     }
 
-    fn request(&self, kind: Kind, tag: u64, body: &[u8], wait: Duration) -> Result<(Kind, Vec<u8>)> {
+    fn request(
+        &self,
+        kind: Kind,
+        tag: u64,
+        body: &[u8],
+        wait: Duration,
+    ) -> Result<(Kind, Vec<u8>)> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let err = |reason: String| CommError::Store {
             store: self.addr.clone(),
@@ -326,7 +332,12 @@ impl Store for TcpStore {
     }
 
     fn get(&self, key: &str, timeout: Duration) -> Result<Vec<u8>> {
-        match self.request(Kind::StoreGet, timeout.as_millis() as u64, key.as_bytes(), timeout)? {
+        match self.request(
+            Kind::StoreGet,
+            timeout.as_millis() as u64,
+            key.as_bytes(),
+            timeout,
+        )? {
             (Kind::StoreValue, v) => Ok(v),
             _ => Err(CommError::Store {
                 store: self.addr.clone(),
@@ -342,8 +353,14 @@ mod tests {
 
     #[test]
     fn spec_parsing() {
-        assert_eq!(StoreSpec::parse("127.0.0.1:29500"), StoreSpec::Tcp("127.0.0.1:29500".into()));
-        assert_eq!(StoreSpec::parse("node01:80"), StoreSpec::Tcp("node01:80".into()));
+        assert_eq!(
+            StoreSpec::parse("127.0.0.1:29500"),
+            StoreSpec::Tcp("127.0.0.1:29500".into())
+        );
+        assert_eq!(
+            StoreSpec::parse("node01:80"),
+            StoreSpec::Tcp("node01:80".into())
+        );
         assert_eq!(StoreSpec::parse("/tmp/x"), StoreSpec::Dir("/tmp/x".into()));
         assert_eq!(StoreSpec::parse("rdv"), StoreSpec::Dir("rdv".into()));
     }
@@ -359,7 +376,10 @@ mod tests {
         assert_eq!(waiter.join().unwrap(), b"v");
         assert!(a.get("missing", Duration::from_millis(50)).is_err());
         let bad = TcpStore::connect(&addr, "wrong", Duration::from_secs(5)).unwrap();
-        assert!(matches!(bad.get("k", Duration::from_millis(50)), Err(CommError::Store { .. })));
+        assert!(matches!(
+            bad.get("k", Duration::from_millis(50)),
+            Err(CommError::Store { .. })
+        ));
     }
 
     #[test]

@@ -101,7 +101,9 @@ pub(crate) fn read_header(r: &mut impl Read, limit: u64, from: &str) -> Result<O
             Ok(0) => {
                 return Err(CommError::MalformedFrame {
                     from: from.to_string(),
-                    reason: format!("connection closed inside a header ({filled} of {HEADER_LEN} bytes)"),
+                    reason: format!(
+                        "connection closed inside a header ({filled} of {HEADER_LEN} bytes)"
+                    ),
                 })
             }
             Ok(n) => filled += n,
@@ -175,7 +177,11 @@ mod tests {
         let mut r = &buf[..];
         assert!(matches!(
             read_header(&mut r, 4, "t"),
-            Err(CommError::FrameTooLarge { len: 5, limit: 4, .. })
+            Err(CommError::FrameTooLarge {
+                len: 5,
+                limit: 4,
+                ..
+            })
         ));
         let mut bad = buf.clone();
         bad[0] = b'X';

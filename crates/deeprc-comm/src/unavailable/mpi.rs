@@ -1,1 +1,111 @@
-//! Placeholder: the mpi backend's stub is written with the backend.
+//! The `mpi` backend was not compiled in: enable the cargo feature `mpi` of
+//! deeprc-comm (it needs an MPI library, OpenMPI or MPICH, and libclang).
+//!
+//! The names exist so that code naming them compiles everywhere; every
+//! constructor returns [`CommError::NotCompiled`].
+//!
+//! ```
+//! use deeprc_comm::{mpi::MpiComm, Backend, CommError};
+//! if !Backend::Mpi.is_compiled() {
+//!     assert!(matches!(MpiComm::world(), Err(CommError::NotCompiled { .. })));
+//! }
+//! ```
+
+use crate::{Backend, Communicator, DType, ReduceOp, Result, Tag};
+use bytes::Bytes;
+use std::{convert::Infallible, sync::Arc};
+
+/// The default chunk size of the real backend: 1 GiB.
+pub const DEFAULT_CHUNK_BYTES: usize = 1 << 30;
+
+/// A communicator whose ranks are MPI processes (not compiled in: no value
+/// of this type can exist).
+#[derive(Debug)]
+pub struct MpiComm {
+    never: Infallible,
+}
+
+impl MpiComm {
+    /// Returns [`CommError::NotCompiled`](crate::CommError::NotCompiled):
+    /// the `mpi` feature is off.
+    pub fn world() -> Result<MpiComm> {
+        Err(Backend::Mpi.not_compiled())
+    }
+
+    /// An independent communicator over the same ranks (unreachable here).
+    pub fn duplicate(&self) -> Result<MpiComm> {
+        match self.never {}
+    }
+
+    /// Whether Deep RC initialised MPI (unreachable here).
+    pub fn owns_mpi(&self) -> bool {
+        match self.never {}
+    }
+
+    /// The largest number of bytes one MPI call moves (unreachable here).
+    pub fn chunk_bytes(&self) -> usize {
+        match self.never {}
+    }
+
+    /// Sets the chunk size (unreachable here).
+    pub fn with_chunk_bytes(self, bytes: usize) -> Result<MpiComm> {
+        let _ = bytes;
+        match self.never {}
+    }
+
+    /// Aborts every rank of the job (unreachable here).
+    pub fn abort(&self, code: i32) -> ! {
+        let _ = code;
+        match self.never {}
+    }
+}
+
+impl Communicator for MpiComm {
+    fn rank(&self) -> usize {
+        match self.never {}
+    }
+
+    fn size(&self) -> usize {
+        match self.never {}
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Mpi
+    }
+
+    fn send(&self, _dest: usize, _tag: Tag, _data: Bytes) -> Result<()> {
+        match self.never {}
+    }
+
+    fn recv(&self, _source: usize, _tag: Tag) -> Result<Bytes> {
+        match self.never {}
+    }
+
+    fn barrier(&self) -> Result<()> {
+        match self.never {}
+    }
+
+    fn broadcast(&self, _root: usize, _data: Bytes) -> Result<Bytes> {
+        match self.never {}
+    }
+
+    fn gather(&self, _root: usize, _data: Bytes) -> Result<Option<Vec<Bytes>>> {
+        match self.never {}
+    }
+
+    fn all_gather(&self, _data: Bytes) -> Result<Vec<Bytes>> {
+        match self.never {}
+    }
+
+    fn all_to_all_v(&self, _parts: Vec<Bytes>) -> Result<Vec<Bytes>> {
+        match self.never {}
+    }
+
+    fn all_reduce_raw(&self, _data: &mut [u8], _dtype: DType, _op: ReduceOp) -> Result<()> {
+        match self.never {}
+    }
+
+    fn split(&self, _color: Option<u32>, _key: i64) -> Result<Option<Arc<dyn Communicator>>> {
+        match self.never {}
+    }
+}

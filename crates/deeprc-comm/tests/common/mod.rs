@@ -40,14 +40,20 @@ pub fn spawn_ranks(n: usize, entry: &str, store: &str, env: &[(&str, String)]) -
     (0..n)
         .map(|r| {
             let mut cmd = Command::new(&exe);
-            cmd.args([entry, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-                .env("DEEPRC_RANK", r.to_string())
-                .env("DEEPRC_WORLD_SIZE", n.to_string())
-                .env("DEEPRC_STORE", store)
-                .env("DEEPRC_TOKEN", "test-token-0123456789")
-                .env("DEEPRC_TEST_RANK_PROCESS", "1")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
+            cmd.args([
+                entry,
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("DEEPRC_RANK", r.to_string())
+            .env("DEEPRC_WORLD_SIZE", n.to_string())
+            .env("DEEPRC_STORE", store)
+            .env("DEEPRC_TOKEN", "test-token-0123456789")
+            .env("DEEPRC_TEST_RANK_PROCESS", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
             for (k, v) in env {
                 cmd.env(k, v);
             }
@@ -63,12 +69,20 @@ pub fn wait_output(child: Child, deadline: Duration) -> (Option<i32>, String, Du
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
-            return (status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), start.elapsed());
+            return (
+                status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                start.elapsed(),
+            );
         }
         if start.elapsed() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            return (None, String::from_utf8_lossy(&out.stdout).into_owned(), start.elapsed());
+            return (
+                None,
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                start.elapsed(),
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     }

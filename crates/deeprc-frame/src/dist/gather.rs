@@ -1,0 +1,158 @@
+//! Gather to a root, all-gather, broadcast, repartition (even or given row
+//! counts, keeping the global order) and global slices.
+
+use crate::dist::shuffle::{exchange, send_all_to};
+use crate::error::{FrameError, Result};
+use crate::ipc;
+use crate::local;
+use crate::table::Table;
+use datafusion::arrow::array::RecordBatch;
+use deeprc_comm::{Communicator, CommunicatorExt};
+use std::sync::Arc;
+
+fn check_root(comm: &dyn Communicator, root: usize) -> Result<()> {
+    if root >= comm.size() {
+        return Err(FrameError::invalid(
+            "gather",
+            format!("root {root} is not a rank of a group of {}", comm.size()),
+        ));
+    }
+    Ok(())
+}
+
+/// Every rank's rows on `root`, in rank order; `None` on the other ranks.
+pub fn gather(comm: &dyn Communicator, table: &Table, root: usize) -> Result<Option<Table>> {
+    check_root(comm, root)?;
+    let t = send_all_to(comm, table, root)?;
+    Ok((comm.rank() == root).then_some(t))
+}
+
+/// Every rank's rows on every rank, in rank order.
+pub fn all_gather(comm: &dyn Communicator, table: &Table) -> Result<Table> {
+    let n = comm.size();
+    if n == 1 {
+        return Ok(table.clone());
+    }
+    let mine: Vec<RecordBatch> = table.non_empty_batches().cloned().collect();
+    let batches = if comm.supports_objects() {
+        exchange(comm, table.schema(), vec![mine; n])?
+    } else {
+        let got = comm.all_gather(ipc::encode_batches(table.schema(), &mine)?)?;
+        let mut out = Vec::new();
+        for (j, bytes) in got.into_iter().enumerate() {
+            if j == comm.rank() {
+                out.extend(mine.iter().cloned());
+            } else {
+                out.extend(ipc::decode_batches(bytes)?.1);
+            }
+        }
+        out
+    };
+    Table::try_new(Arc::clone(table.schema()), batches)
+}
+
+/// `root`'s table on every rank (the other ranks' `table` gives only the
+/// schema, which all ranks share).
+pub fn broadcast(comm: &dyn Communicator, table: &Table, root: usize) -> Result<Table> {
+    check_root(comm, root)?;
+    let n = comm.size();
+    if n == 1 {
+        return Ok(table.clone());
+    }
+    if comm.supports_objects() {
+        let parts = if comm.rank() == root {
+            vec![table.non_empty_batches().cloned().collect::<Vec<_>>(); n]
+        } else {
+            vec![Vec::new(); n]
+        };
+        return Table::try_new(Arc::clone(table.schema()), exchange(comm, table.schema(), parts)?);
+    }
+    let payload = if comm.rank() == root {
+        ipc::encode(table)?
+    } else {
+        bytes::Bytes::new()
+    };
+    let got = comm.broadcast(root, payload)?;
+    if comm.rank() == root {
+        return Ok(table.clone());
+    }
+    let (_, batches) = ipc::decode_batches(got)?;
+    Table::try_new(Arc::clone(table.schema()), batches)
+}
+
+/// The number of rows of every rank.
+pub fn row_counts(comm: &dyn Communicator, table: &Table) -> Result<Vec<u64>> {
+    Ok(comm
+        .all_gather_pod(&[table.num_rows() as u64])?
+        .into_iter()
+        .map(|v| v.first().copied().unwrap_or(0))
+        .collect())
+}
+
+/// Moves rows so that rank `r` holds `counts[r]` rows (an even split when
+/// `counts` is `None`), keeping the global order of rows.
+///
+/// # Errors
+/// [`FrameError::InvalidArgument`] when `counts` has the wrong length or
+/// does not add up to the global number of rows.
+pub fn repartition(comm: &dyn Communicator, table: &Table, counts: Option<&[u64]>) -> Result<Table> {
+    let n = comm.size();
+    let have = row_counts(comm, table)?;
+    let total: u64 = have.iter().sum();
+    let want: Vec<u64> = match counts {
+        Some(c) => {
+            if c.len() != n || c.iter().sum::<u64>() != total {
+                return Err(FrameError::invalid(
+                    "repartition",
+                    format!(
+                        "counts {c:?} must have {n} entries adding up to the {total} rows of the table"
+                    ),
+                ));
+            }
+            c.to_vec()
+        }
+        None => (0..n as u64)
+            .map(|r| total / n as u64 + u64::from(r < total % n as u64))
+            .collect(),
+    };
+    if n == 1 {
+        return Ok(table.clone());
+    }
+    let me = comm.rank();
+    let my_start: u64 = have[..me].iter().sum();
+    let my_end = my_start + have[me];
+    let mut parts = vec![Vec::new(); n];
+    let mut t_start = 0u64;
+    let compact = table.compact()?;
+    for (j, &w) in want.iter().enumerate() {
+        let t_end = t_start + w;
+        let lo = t_start.max(my_start);
+        let hi = t_end.min(my_end);
+        if lo < hi {
+            let s = local::slice(&compact, (lo - my_start) as usize, (hi - lo) as usize);
+            parts[j] = s.into_batches();
+        }
+        t_start = t_end;
+    }
+    let got = exchange(comm, table.schema(), parts)?;
+    Table::try_new(Arc::clone(table.schema()), got)
+}
+
+/// This rank's part of the global rows `offset..offset + len`.
+pub fn slice(comm: &dyn Communicator, table: &Table, offset: u64, len: u64) -> Result<Table> {
+    let have = row_counts(comm, table)?;
+    let me = comm.rank();
+    let my_start: u64 = have[..me].iter().sum();
+    let my_end = my_start + have[me];
+    let lo = offset.max(my_start);
+    let hi = offset.saturating_add(len).min(my_end);
+    if lo >= hi {
+        return Ok(Table::empty(Arc::clone(table.schema())));
+    }
+    Ok(local::slice(table, (lo - my_start) as usize, (hi - lo) as usize))
+}
+
+/// The global number of rows.
+pub fn num_rows(comm: &dyn Communicator, table: &Table) -> Result<u64> {
+    Ok(comm.all_reduce_scalar(table.num_rows() as u64, deeprc_comm::ReduceOp::Sum)?)
+}

@@ -1,0 +1,186 @@
+//! The shuffle: hash-partition rows by key columns and exchange them, the
+//! one path every keyed distributed operator takes.
+//!
+//! ```text
+//!  batch --create_hashes(keys)--> dest = hash -> rank --counting sort--> one `take`
+//!        --> slices per rank --> exchange:
+//!              thread ranks : Vec<RecordBatch> moved through all_to_all_objects (no copy)
+//!              process ranks: Arrow IPC streams through all_to_all_v (zero-copy decode)
+//! ```
+
+use crate::error::{Context, FrameError, Result};
+use crate::ipc;
+use crate::table::{column_index, Table};
+use bytes::Bytes;
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::hash_utils::create_hashes;
+use deeprc_comm::{AnyBox, Communicator};
+use std::sync::Arc;
+
+/// The hasher of the shuffle: fixed seeds, so that every rank (thread or
+/// process of the same build) sends equal keys to the same rank.
+pub(crate) fn shuffle_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(
+        0x5eed_0001_d00d_f00d,
+        0x0dd5_eed5_1234_5678,
+        0x9abc_def0_0fed_cba9,
+        0x1357_9bdf_2468_ace0,
+    )
+}
+
+/// Sends `parts[j]` to rank `j`; returns what every rank sent here, in rank
+/// order (so concatenating keeps the global order of rows). Thread ranks
+/// move the batches; process ranks send Arrow IPC streams.
+pub fn exchange(
+    comm: &dyn Communicator,
+    schema: &SchemaRef,
+    mut parts: Vec<Vec<RecordBatch>>,
+) -> Result<Vec<RecordBatch>> {
+    let n = comm.size();
+    if parts.len() != n {
+        return Err(FrameError::internal(format!(
+            "exchange: {} parts for {n} ranks",
+            parts.len()
+        )));
+    }
+    if n == 1 {
+        return Ok(parts.pop().unwrap_or_default());
+    }
+    if comm.supports_objects() {
+        let boxed: Vec<AnyBox> = parts.into_iter().map(|p| Box::new(p) as AnyBox).collect();
+        let got = comm.all_to_all_objects(boxed)?;
+        let mut out = Vec::new();
+        for g in got {
+            let v = g
+                .downcast::<Vec<RecordBatch>>()
+                .map_err(|_| FrameError::internal("exchange: a peer sent something else"))?;
+            out.extend(v.into_iter().filter(|b| b.num_rows() > 0));
+        }
+        return Ok(out);
+    }
+    let me = comm.rank();
+    let mut own = Vec::new();
+    let mut payload = Vec::with_capacity(n);
+    for (j, p) in parts.into_iter().enumerate() {
+        if j == me {
+            own = p;
+            payload.push(Bytes::new());
+        } else if p.iter().all(|b| b.num_rows() == 0) {
+            payload.push(Bytes::new());
+        } else {
+            payload.push(ipc::encode_batches(schema, &p)?);
+        }
+    }
+    let got = comm.all_to_all_v(payload)?;
+    let mut out = Vec::new();
+    for (j, bytes) in got.into_iter().enumerate() {
+        if j == me {
+            out.append(&mut own);
+        } else if !bytes.is_empty() {
+            out.extend(ipc::decode_batches(bytes)?.1);
+        }
+    }
+    out.retain(|b| b.num_rows() > 0);
+    // Relabel to the common schema (IPC round trips keep it, but metadata
+    // and nullability must match the table's exactly).
+    out.into_iter()
+        .map(|b| {
+            if b.schema().as_ref() == schema.as_ref() {
+                Ok(b)
+            } else {
+                RecordBatch::try_new(Arc::clone(schema), b.columns().to_vec())
+                    .ctx("relabelling received batch")
+            }
+        })
+        .collect()
+}
+
+/// Splits `batch` into `n` parts by `dest[i]` (the rank of row `i`) with one
+/// `take`: rows keep their relative order within each part.
+pub(crate) fn split_by_dest(batch: &RecordBatch, dest: &[u32], n: usize) -> Result<Vec<RecordBatch>> {
+    if n == 1 {
+        return Ok(vec![batch.clone()]);
+    }
+    let mut counts = vec![0usize; n + 1];
+    for &d in dest {
+        counts[d as usize + 1] += 1;
+    }
+    // All rows to one rank: no take needed.
+    if let Some(j) = (0..n).find(|&j| counts[j + 1] == dest.len()) {
+        return Ok((0..n)
+            .map(|k| {
+                if k == j {
+                    batch.clone()
+                } else {
+                    batch.slice(0, 0)
+                }
+            })
+            .collect());
+    }
+    for j in 0..n {
+        counts[j + 1] += counts[j];
+    }
+    let mut fill = counts.clone();
+    let mut perm = vec![0u32; dest.len()];
+    for (i, &d) in dest.iter().enumerate() {
+        let f = &mut fill[d as usize];
+        perm[*f] = i as u32;
+        *f += 1;
+    }
+    let sorted = take_record_batch(batch, &UInt32Array::from(perm)).ctx("partitioning rows")?;
+    Ok((0..n)
+        .map(|j| sorted.slice(counts[j], counts[j + 1] - counts[j]))
+        .collect())
+}
+
+/// The destination rank of every row of `batch` by hash of `key_idx`.
+pub(crate) fn hash_dest(batch: &RecordBatch, key_idx: &[usize], n: usize) -> Result<Vec<u32>> {
+    let cols: Vec<ArrayRef> = key_idx.iter().map(|&i| Arc::clone(batch.column(i))).collect();
+    let mut hashes = vec![0u64; batch.num_rows()];
+    create_hashes(&cols, &shuffle_hasher(), &mut hashes).ctx("hashing key columns")?;
+    Ok(hashes
+        .iter()
+        .map(|&h| ((h as u128 * n as u128) >> 64) as u32)
+        .collect())
+}
+
+/// Hash-partitions `table` by `keys` over the ranks of `comm`: afterwards
+/// every row with a given key is on one rank, the same for every table
+/// whose key columns have the same types.
+///
+/// # Errors
+/// [`FrameError::ColumnNotFound`] (on every rank alike); communication errors.
+pub fn shuffle(comm: &dyn Communicator, table: &Table, keys: &[&str]) -> Result<Table> {
+    let key_idx = keys
+        .iter()
+        .map(|k| column_index(table.schema(), k))
+        .collect::<Result<Vec<_>>>()?;
+    if key_idx.is_empty() {
+        return Err(FrameError::invalid("shuffle", "no key column given"));
+    }
+    let n = comm.size();
+    if n == 1 {
+        return Ok(table.clone());
+    }
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+    for b in table.non_empty_batches() {
+        let dest = hash_dest(b, &key_idx, n)?;
+        for (j, p) in split_by_dest(b, &dest, n)?.into_iter().enumerate() {
+            if p.num_rows() > 0 {
+                parts[j].push(p);
+            }
+        }
+    }
+    let got = exchange(comm, table.schema(), parts)?;
+    Table::try_new(Arc::clone(table.schema()), got)
+}
+
+/// Sends every row of this rank to `dest`.
+pub(crate) fn send_all_to(comm: &dyn Communicator, table: &Table, dest: usize) -> Result<Table> {
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); comm.size()];
+    parts[dest] = table.non_empty_batches().cloned().collect();
+    let got = exchange(comm, table.schema(), parts)?;
+    Table::try_new(Arc::clone(table.schema()), got)
+}

@@ -1,0 +1,1 @@
+//! IO: CSV, Parquet, CAMELS-US.

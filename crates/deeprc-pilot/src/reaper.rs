@@ -1,0 +1,228 @@
+//! The process-wide reaper: one thread that waits for every child process
+//! the pilot starts (task processes, `mpirun`, worker processes) and calls
+//! its exit callback.
+//!
+//! It blocks in `waitid(P_ALL, WEXITED | WNOWAIT)`, which reports an exited
+//! child without reaping it; when the child is one of ours it is reaped
+//! through its `std::process::Child`. Children the host program started
+//! itself are never reaped here: while such a zombie waits for its owner,
+//! the reaper polls its own children every half millisecond instead of
+//! blocking. One reaper serves every session of the process.
+
+use nix::{
+    errno::Errno,
+    sys::{
+        signal::Signal,
+        wait::{waitid, Id, WaitPidFlag, WaitStatus},
+    },
+};
+use std::{
+    collections::HashMap,
+    process::{Child, Command, ExitStatus},
+    sync::{Condvar, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+/// What to do when a child exits.
+pub(crate) type OnExit = Box<dyn FnOnce(std::io::Result<ExitStatus>) + Send>;
+
+struct Watched {
+    child: Child,
+    on_exit: OnExit,
+}
+
+#[derive(Default)]
+struct State {
+    children: HashMap<u32, Watched>,
+    spawning: usize,
+}
+
+/// The reaper (see the module docs).
+pub(crate) struct Reaper {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+static REAPER: Mutex<Option<&'static Reaper>> = Mutex::new(None);
+
+/// The process-wide reaper, started on first use.
+pub(crate) fn reaper() -> std::io::Result<&'static Reaper> {
+    let mut slot = REAPER.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(r) = *slot {
+        return Ok(r);
+    }
+    let r: &'static Reaper = Box::leak(Box::new(Reaper {
+        state: Mutex::new(State::default()),
+        changed: Condvar::new(),
+    }));
+    std::thread::Builder::new()
+        .name("deeprc-reaper".to_string())
+        .spawn(move || r.run())?;
+    *slot = Some(r);
+    Ok(r)
+}
+
+impl Reaper {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Spawns `cmd` and calls `on_exit` from the reaper thread when it
+    /// exits. Returns the child's pid.
+    pub(crate) fn spawn(&self, cmd: &mut Command, on_exit: OnExit) -> std::io::Result<u32> {
+        self.lock().spawning += 1;
+        let spawned = cmd.spawn();
+        let mut st = self.lock();
+        st.spawning -= 1;
+        let out = spawned.map(|child| {
+            let pid = child.id();
+            st.children.insert(pid, Watched { child, on_exit });
+            pid
+        });
+        drop(st);
+        self.changed.notify_all();
+        out
+    }
+
+    /// Signals the process group led by `pid` if `pid` is still one of our
+    /// unreaped children (so the pid cannot have been reused). Returns
+    /// whether it was.
+    pub(crate) fn signal_group(&self, pid: u32, sig: Signal) -> bool {
+        let st = self.lock();
+        if st.children.contains_key(&pid) {
+            crate::sys::signal_group(pid, sig);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Signals the process `pid` if it is still one of our unreaped
+    /// children.
+    pub(crate) fn signal(&self, pid: u32, sig: Signal) -> bool {
+        let st = self.lock();
+        if st.children.contains_key(&pid) {
+            crate::sys::signal_process(pid, sig);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut st = self.lock();
+                while st.children.is_empty() {
+                    st = self.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+                Ok(ws) => {
+                    if let Some(pid) = ws.pid() {
+                        if !self.reap_if_ours(pid.as_raw() as u32) {
+                            self.poll_until_no_foreign_zombie();
+                        }
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                // No child at all (ours were reaped by someone else), or
+                // an unexpected error: poll ours.
+                Err(_) => self.poll_until_no_foreign_zombie(),
+            }
+        }
+    }
+
+    /// Reaps `pid` if it is ours (waiting for a spawn in progress to
+    /// register it). Returns `false` for a foreign child.
+    fn reap_if_ours(&self, pid: u32) -> bool {
+        let mut st = self.lock();
+        loop {
+            if let Some(w) = st.children.remove(&pid) {
+                drop(st);
+                Self::finish(w);
+                return true;
+            }
+            if st.spawning == 0 {
+                return false;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, Duration::from_millis(5))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn finish(mut w: Watched) {
+        let status = w.child.wait();
+        (w.on_exit)(status);
+    }
+
+    /// A foreign zombie is present: poll our children until it is gone.
+    fn poll_until_no_foreign_zombie(&self) {
+        loop {
+            std::thread::sleep(Duration::from_micros(500));
+            let exited: Vec<Watched> = {
+                let mut st = self.lock();
+                let done: Vec<u32> = st
+                    .children
+                    .iter_mut()
+                    .filter(|(_, w)| !matches!(w.child.try_wait(), Ok(None)))
+                    .map(|(&pid, _)| pid)
+                    .collect();
+                done.iter().filter_map(|pid| st.children.remove(pid)).collect()
+            };
+            for w in exited {
+                Self::finish(w);
+            }
+            match waitid(
+                Id::All,
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
+            ) {
+                Ok(WaitStatus::StillAlive) => return,
+                Ok(ws) => {
+                    if let Some(pid) = ws.pid() {
+                        if self.reap_if_ours(pid.as_raw() as u32) {
+                            return;
+                        }
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    if self.lock().children.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn reaps_ours_and_tolerates_foreign_children() {
+        let (tx, rx) = mpsc::channel();
+        // A foreign child that exits and stays a zombie for a while.
+        let mut foreign = Command::new("/bin/true").spawn().unwrap();
+        for code in [0, 3] {
+            let tx = tx.clone();
+            reaper()
+                .unwrap()
+                .spawn(
+                    Command::new("/bin/sh").args(["-c", &format!("exit {code}")]),
+                    Box::new(move |st| tx.send(st.unwrap().code()).unwrap()),
+                )
+                .unwrap();
+        }
+        let mut got: Vec<Option<i32>> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+        got.sort();
+        assert_eq!(got, vec![Some(0), Some(3)]);
+        // The foreign child is still ours to reap.
+        assert!(foreign.wait().unwrap().success());
+    }
+}

@@ -1,0 +1,1050 @@
+//! [`Session`], [`PilotManager`], [`Pilot`] and [`TaskManager`].
+
+use crate::{
+    agent::{self, AgentEvent},
+    launch::{Fork, LaunchMethod, Mpirun},
+    profile::{self, ProfileFiles, Summary, TaskRecord, TracePilot},
+    scheduler::{Shape, SlotMap},
+    sys,
+    task::{TaskInner, TaskShared},
+    FunctionLaunch, LocalResources, NodeSpec, PilotDescription, PilotError, PilotState, Registry,
+    ResourceProvider, Result, Task, TaskDescription, TaskKind, TaskRef, TaskState,
+};
+use deeprc_core::{now_ns, ProfileRecord, Profiler, Resources, TaskId};
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc::Sender,
+        Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A state-change callback: called from the agent's scheduler thread with
+/// the task and the state it just entered (NEW from the submitting
+/// thread). Keep it short.
+pub type Callback = Arc<dyn Fn(&Task, TaskState) + Send + Sync>;
+
+/// Final states by task id, and who waits for which task (dependencies
+/// across pilots go through here).
+#[derive(Default)]
+pub(crate) struct DepTable {
+    inner: Mutex<DepInner>,
+}
+
+#[derive(Default)]
+struct DepInner {
+    finals: Vec<u8>,
+    watchers: HashMap<u64, Vec<(u32, Sender<AgentEvent>)>>,
+}
+
+impl DepTable {
+    /// The final state of `dep`, or registers `(pilot, tx)` to be told.
+    pub(crate) fn watch(&self, dep: TaskId, pilot: u32, tx: &Sender<AgentEvent>) -> Option<TaskState> {
+        let mut g = lock(&self.inner);
+        let code = g.finals.get(dep.0 as usize).copied().unwrap_or(0);
+        if code != 0 {
+            return TaskState::from_index(code);
+        }
+        g.watchers.entry(dep.0).or_default().push((pilot, tx.clone()));
+        None
+    }
+
+    /// Records a final state; returns who was waiting for it.
+    pub(crate) fn publish(&self, id: TaskId, state: TaskState) -> Vec<(u32, Sender<AgentEvent>)> {
+        let mut g = lock(&self.inner);
+        let i = id.0 as usize;
+        if g.finals.len() <= i {
+            let n = (i + 1).max(g.finals.len() * 2);
+            g.finals.resize(n, 0);
+        }
+        g.finals[i] = state.index() as u8;
+        if g.watchers.is_empty() {
+            return Vec::new();
+        }
+        g.watchers.remove(&id.0).unwrap_or_default()
+    }
+}
+
+/// What every part of a session shares.
+pub(crate) struct SessionShared {
+    pub(crate) id: String,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) sandbox: PathBuf,
+    pub(crate) runtime: PathBuf,
+    pub(crate) profile_dir: Option<PathBuf>,
+    pub(crate) keep_records: bool,
+    pub(crate) next_task: AtomicU64,
+    pub(crate) next_tmgr: AtomicU64,
+    pub(crate) deps: DepTable,
+    pub(crate) names: Mutex<HashMap<String, TaskId>>,
+    pub(crate) records: Mutex<Vec<TaskRecord>>,
+    pub(crate) events: Profiler,
+    pub(crate) pilots: Mutex<Vec<Arc<PilotShared>>>,
+    pub(crate) providers: Mutex<HashMap<String, Arc<dyn ResourceProvider>>>,
+    pub(crate) interned: Mutex<HashSet<Arc<str>>>,
+    pub(crate) closed: AtomicBool,
+    pub(crate) created_ns: u64,
+}
+
+impl SessionShared {
+    pub(crate) fn intern(&self, s: &str) -> Arc<str> {
+        let mut g = lock(&self.interned);
+        if let Some(a) = g.get(s) {
+            return Arc::clone(a);
+        }
+        let a: Arc<str> = Arc::from(s);
+        g.insert(Arc::clone(&a));
+        a
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(PilotError::Closed {
+                what: format!("session {}", self.id),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a session keeps its files, and what it records.
+#[derive(Debug, Clone, Default)]
+pub struct SessionBuilder {
+    registry: Option<Registry>,
+    sandbox: Option<PathBuf>,
+    profile_dir: Option<PathBuf>,
+    keep_records: Option<bool>,
+}
+
+impl SessionBuilder {
+    /// The functions function tasks may call.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The root of the task sandboxes (default: `$TMPDIR/deeprc-pilot/<session id>`).
+    pub fn sandbox(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.sandbox = Some(dir.into());
+        self
+    }
+
+    /// Write the profile into `dir` when the session closes.
+    pub fn profile_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.profile_dir = Some(dir.into());
+        self
+    }
+
+    /// Keep a profile record per task (default `true`; without them the
+    /// summary and the profile are empty).
+    pub fn keep_task_records(mut self, keep: bool) -> Self {
+        self.keep_records = Some(keep);
+        self
+    }
+
+    /// Creates the session.
+    pub fn build(self) -> Result<Session> {
+        let created_ns = now_ns();
+        let id = format!("deeprc.session.{}.{:06}", std::process::id(), (created_ns / 1000) % 1_000_000);
+        let sandbox = match self.sandbox {
+            Some(s) => s,
+            None => std::env::temp_dir().join("deeprc-pilot").join(&id),
+        };
+        std::fs::create_dir_all(&sandbox)
+            .map_err(|e| PilotError::io(format!("creating the session sandbox {}", sandbox.display()), e))?;
+        // Sockets and rendezvous stores: short paths, in memory when possible.
+        let shm = Path::new("/dev/shm");
+        let runtime_root = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+        let runtime = runtime_root.join(format!("deeprc-{}", sys::random_token().get(..12).unwrap_or("x")));
+        std::fs::create_dir_all(&runtime)
+            .map_err(|e| PilotError::io(format!("creating the runtime directory {}", runtime.display()), e))?;
+        let mut providers: HashMap<String, Arc<dyn ResourceProvider>> = HashMap::new();
+        providers.insert("local".to_string(), Arc::new(LocalResources));
+        let shared = Arc::new(SessionShared {
+            id,
+            registry: Arc::new(self.registry.unwrap_or_default()),
+            sandbox,
+            runtime,
+            profile_dir: self.profile_dir,
+            keep_records: self.keep_records.unwrap_or(true),
+            next_task: AtomicU64::new(1),
+            next_tmgr: AtomicU64::new(0),
+            deps: DepTable::default(),
+            names: Mutex::new(HashMap::new()),
+            records: Mutex::new(Vec::new()),
+            events: Profiler::new(),
+            pilots: Mutex::new(Vec::new()),
+            providers: Mutex::new(providers),
+            interned: Mutex::new(HashSet::new()),
+            closed: AtomicBool::new(false),
+            created_ns,
+        });
+        shared.events.push(ProfileRecord::now(shared.id.clone(), "session.start"));
+        Ok(Session { shared })
+    }
+}
+
+/// Owns the managers, the pilots and the profile; closing it stops the
+/// pilots and writes the profile.
+///
+/// ```no_run
+/// use deeprc_pilot::{PilotDescription, Registry, Session, TaskDescription, TaskState};
+/// let mut registry = Registry::new();
+/// registry.register_typed("square", |_ctx, x: u64| Ok::<_, String>(x * x));
+/// // Worker processes re-execute this program: let them in first.
+/// deeprc_pilot::worker::run_if_worker(&registry);
+///
+/// let session = Session::builder().registry(registry).profile_dir("out/pilot").build()?;
+/// let pilot = session.pilot_manager().submit(PilotDescription::local())?;
+/// let tmgr = session.task_manager();
+/// tmgr.add_pilot(&pilot);
+/// let t = tmgr.submit(TaskDescription::function("square").try_args(&7u64)?)?;
+/// assert_eq!(t.wait(), TaskState::Done);
+/// assert_eq!(t.result::<u64>()?, 49);
+/// let summary = session.close()?;
+/// println!("{summary}");
+/// # Ok::<(), deeprc_pilot::PilotError>(())
+/// ```
+pub struct Session {
+    shared: Arc<SessionShared>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("id", &self.shared.id).finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A session with an empty registry and default directories.
+    pub fn new() -> Result<Session> {
+        Self::builder().build()
+    }
+
+    /// Configures a session.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::default()
+    }
+
+    /// The session id (`deeprc.session.<pid>.<n>`).
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The registered functions.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// The root of the task sandboxes.
+    pub fn sandbox(&self) -> &Path {
+        &self.shared.sandbox
+    }
+
+    /// A pilot manager of this session.
+    pub fn pilot_manager(&self) -> PilotManager {
+        PilotManager {
+            session: Arc::clone(&self.shared),
+        }
+    }
+
+    /// A new task manager of this session.
+    pub fn task_manager(&self) -> TaskManager {
+        let n = self.shared.next_tmgr.fetch_add(1, Ordering::Relaxed);
+        TaskManager {
+            shared: Arc::new(TmgrShared {
+                id: format!("tmgr.{n:04}"),
+                session: Arc::clone(&self.shared),
+                pilots: Mutex::new(Vec::new()),
+                counts: Mutex::new(Counts::default()),
+                all_done: Condvar::new(),
+                callbacks: RwLock::new(Vec::new()),
+                has_callbacks: AtomicBool::new(false),
+                rr: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The profile records of the tasks finished so far.
+    pub fn task_records(&self) -> Vec<TaskRecord> {
+        lock(&self.shared.records).clone()
+    }
+
+    /// The session's own events (session and pilot start and stop, worker
+    /// starts).
+    pub fn events(&self) -> Vec<ProfileRecord> {
+        self.shared.events.snapshot()
+    }
+
+    /// The analytics of the tasks finished so far.
+    pub fn summary(&self) -> Summary {
+        let (cores, gpus) = lock(&self.shared.pilots)
+            .iter()
+            .fold((0usize, 0f64), |(c, g), p| (c + p.total.cores, g + p.total.gpus));
+        Summary::compute(&lock(&self.shared.records), cores, gpus)
+    }
+
+    /// Writes `profile.jsonl`, `profile.csv`, `trace.json` (Chrome trace)
+    /// and `summary.json` into `dir`.
+    pub fn write_profile(&self, dir: &Path) -> Result<ProfileFiles> {
+        write_profile(&self.shared, dir)
+    }
+
+    /// Stops every pilot (tasks still waiting or running end CANCELED),
+    /// writes the profile if a directory was configured and returns the
+    /// summary.
+    pub fn close(self) -> Result<Summary> {
+        // Drop then finds the session closed and does nothing.
+        close_session(&self.shared)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = close_session(&self.shared);
+    }
+}
+
+fn write_profile(s: &SessionShared, dir: &Path) -> Result<ProfileFiles> {
+    std::fs::create_dir_all(dir).map_err(|e| PilotError::io(format!("creating {}", dir.display()), e))?;
+    let files = ProfileFiles {
+        jsonl: dir.join("profile.jsonl"),
+        csv: dir.join("profile.csv"),
+        chrome_trace: dir.join("trace.json"),
+        summary: dir.join("summary.json"),
+    };
+    let pilots: Vec<Arc<PilotShared>> = lock(&s.pilots).clone();
+    let (cores, gpus) = pilots
+        .iter()
+        .fold((0usize, 0f64), |(c, g), p| (c + p.total.cores, g + p.total.gpus));
+    let records = lock(&s.records);
+    let events = s.events.snapshot();
+    profile::write_jsonl(&files.jsonl, &events, &records)?;
+    profile::write_csv(&files.csv, &events, &records)?;
+    let trace: Vec<TracePilot> = pilots
+        .iter()
+        .map(|p| TracePilot {
+            id: p.id.clone(),
+            nodes: p.nodes.iter().map(|n| (n.name.clone(), n.cores)).collect(),
+        })
+        .collect();
+    profile::write_chrome_trace(&files.chrome_trace, &trace, &records, s.created_ns)?;
+    let summary = Summary::compute(&records, cores, gpus);
+    let text = serde_json::to_string_pretty(&summary).map_err(|source| PilotError::Encode {
+        context: "encoding the summary".to_string(),
+        source,
+    })?;
+    std::fs::write(&files.summary, text)
+        .map_err(|e| PilotError::io(format!("writing {}", files.summary.display()), e))?;
+    Ok(files)
+}
+
+fn close_session(s: &Arc<SessionShared>) -> Result<Summary> {
+    if s.closed.swap(true, Ordering::AcqRel) {
+        return Err(PilotError::Closed {
+            what: format!("session {}", s.id),
+        });
+    }
+    let pilots: Vec<Arc<PilotShared>> = lock(&s.pilots).clone();
+    for p in &pilots {
+        stop_pilot(p, PilotState::Done);
+    }
+    s.events.push(ProfileRecord::now(s.id.clone(), "session.close"));
+    let written = match &s.profile_dir {
+        Some(dir) => write_profile(s, dir).map(|_| ()),
+        None => Ok(()),
+    };
+    let _ = std::fs::remove_dir_all(&s.runtime);
+    let (cores, gpus) = pilots
+        .iter()
+        .fold((0usize, 0f64), |(c, g), p| (c + p.total.cores, g + p.total.gpus));
+    let summary = Summary::compute(&lock(&s.records), cores, gpus);
+    written.map(|()| summary)
+}
+
+fn stop_pilot(p: &Arc<PilotShared>, end: PilotState) {
+    {
+        let mut st = lock(&p.state);
+        if !matches!(*st, PilotState::Active | PilotState::Launching) {
+            return;
+        }
+        *st = end;
+    }
+    let _ = p.tx.send(AgentEvent::Shutdown);
+    if let Some(h) = lock(&p.thread).take() {
+        let _ = h.join();
+    }
+    p.provider.release(&p.nodes);
+    p.session_events.push(ProfileRecord::now(p.id.clone(), "pilot.stop"));
+}
+
+/// A pilot as its agent, the managers and the tasks share it.
+pub(crate) struct PilotShared {
+    pub(crate) id: String,
+    pub(crate) index: u32,
+    pub(crate) desc: PilotDescription,
+    pub(crate) nodes: Vec<NodeSpec>,
+    pub(crate) total: Resources,
+    pub(crate) methods: HashMap<String, Arc<dyn LaunchMethod>>,
+    pub(crate) tx: Sender<AgentEvent>,
+    pub(crate) state: Mutex<PilotState>,
+    pub(crate) thread: Mutex<Option<JoinHandle<()>>>,
+    pub(crate) sandbox: PathBuf,
+    pub(crate) runtime: PathBuf,
+    pub(crate) worker_exe: PathBuf,
+    pub(crate) provider: Arc<dyn ResourceProvider>,
+    pub(crate) fits: Mutex<HashMap<Shape, Option<String>>>,
+    pub(crate) session_events: Profiler,
+}
+
+impl PilotShared {
+    fn never_fits(&self, s: &Shape) -> Option<String> {
+        let mut g = lock(&self.fits);
+        if let Some(v) = g.get(s) {
+            return v.clone();
+        }
+        let v = SlotMap::never_fits(&self.nodes, s);
+        g.insert(*s, v.clone());
+        v
+    }
+}
+
+/// Acquires pilots.
+#[derive(Clone)]
+pub struct PilotManager {
+    session: Arc<SessionShared>,
+}
+
+impl fmt::Debug for PilotManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PilotManager").field("session", &self.session.id).finish()
+    }
+}
+
+impl PilotManager {
+    /// Makes a resource provider available under its name.
+    pub fn register_provider(&self, provider: Arc<dyn ResourceProvider>) {
+        lock(&self.session.providers).insert(provider.name().to_string(), provider);
+    }
+
+    /// Acquires the resources of `desc` and starts the pilot's agent.
+    pub fn submit(&self, desc: PilotDescription) -> Result<Pilot> {
+        let s = &self.session;
+        s.check_open()?;
+        let provider = {
+            let g = lock(&s.providers);
+            match g.get(&desc.resource) {
+                Some(p) => Arc::clone(p),
+                None => {
+                    let mut known: Vec<&str> = g.keys().map(String::as_str).collect();
+                    known.sort_unstable();
+                    return Err(PilotError::UnknownResource {
+                        resource: desc.resource.clone(),
+                        known: known.join(", "),
+                    });
+                }
+            }
+        };
+        let nodes = provider.acquire(&desc)?;
+        let mut pilots = lock(&s.pilots);
+        let index = pilots.len() as u32;
+        let id = format!("pilot.{index:04}");
+        let sandbox = desc.sandbox.clone().unwrap_or_else(|| s.sandbox.clone()).join(&id);
+        std::fs::create_dir_all(&sandbox)
+            .map_err(|e| PilotError::io(format!("creating the pilot sandbox {}", sandbox.display()), e))?;
+        let runtime = s.runtime.join(format!("p{index}"));
+        std::fs::create_dir_all(&runtime)
+            .map_err(|e| PilotError::io(format!("creating {}", runtime.display()), e))?;
+        let worker_exe = match &desc.worker_executable {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(|e| PilotError::io("finding the current executable", e))?,
+        };
+        let mut methods: HashMap<String, Arc<dyn LaunchMethod>> = HashMap::new();
+        methods.insert("fork".into(), Arc::new(Fork));
+        methods.insert("mpirun".into(), Arc::new(Mpirun::new()));
+        for m in &desc.launch_methods {
+            methods.insert(m.name().to_string(), Arc::clone(m));
+        }
+        let total = nodes.iter().fold(Resources::default(), |acc, n| Resources {
+            cores: acc.cores + n.cores,
+            gpus: acc.gpus + n.gpus as f64,
+            memory_bytes: acc.memory_bytes + n.memory_bytes,
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::new(PilotShared {
+            id: id.clone(),
+            index,
+            desc,
+            nodes,
+            total,
+            methods,
+            tx,
+            state: Mutex::new(PilotState::Launching),
+            thread: Mutex::new(None),
+            sandbox,
+            runtime,
+            worker_exe,
+            provider,
+            fits: Mutex::new(HashMap::new()),
+            session_events: s.events.clone(),
+        });
+        let handle = agent::start(Arc::clone(&shared), Arc::clone(s), rx)?;
+        *lock(&shared.thread) = Some(handle);
+        *lock(&shared.state) = PilotState::Active;
+        s.events.push(
+            ProfileRecord::now(id, "pilot.active")
+                .with_attr("nodes", shared.nodes.len())
+                .with_attr("resources", shared.total),
+        );
+        pilots.push(Arc::clone(&shared));
+        Ok(Pilot { shared })
+    }
+
+    /// The pilots of the session.
+    pub fn pilots(&self) -> Vec<Pilot> {
+        lock(&self.session.pilots)
+            .iter()
+            .map(|p| Pilot { shared: Arc::clone(p) })
+            .collect()
+    }
+}
+
+/// A placeholder of resources with an agent (scheduler + executor).
+#[derive(Clone)]
+pub struct Pilot {
+    pub(crate) shared: Arc<PilotShared>,
+}
+
+impl fmt::Debug for Pilot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pilot")
+            .field("id", &self.shared.id)
+            .field("resources", &self.shared.total)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Pilot {
+    /// Its id (`pilot.0000`).
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Its nodes.
+    pub fn nodes(&self) -> &[NodeSpec] {
+        &self.shared.nodes
+    }
+
+    /// Its resources in total.
+    pub fn resources(&self) -> Resources {
+        self.shared.total
+    }
+
+    /// Its state.
+    pub fn state(&self) -> PilotState {
+        *lock(&self.shared.state)
+    }
+
+    /// The description it was submitted with.
+    pub fn description(&self) -> &PilotDescription {
+        &self.shared.desc
+    }
+
+    /// Where its task sandboxes go.
+    pub fn sandbox(&self) -> &Path {
+        &self.shared.sandbox
+    }
+
+    /// Stops the pilot: its waiting and running tasks end CANCELED.
+    pub fn cancel(&self) {
+        stop_pilot(&self.shared, PilotState::Canceled);
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    submitted: u64,
+    finished: u64,
+    waiters: u32,
+}
+
+/// What a task manager's tasks share with it.
+pub(crate) struct TmgrShared {
+    pub(crate) id: String,
+    pub(crate) session: Arc<SessionShared>,
+    pub(crate) pilots: Mutex<Vec<Arc<PilotShared>>>,
+    pub(crate) counts: Mutex<Counts>,
+    pub(crate) all_done: Condvar,
+    pub(crate) callbacks: RwLock<Vec<Callback>>,
+    pub(crate) has_callbacks: AtomicBool,
+    pub(crate) rr: AtomicUsize,
+}
+
+impl TmgrShared {
+    pub(crate) fn task_finished(&self, n: u64) {
+        let mut c = lock(&self.counts);
+        c.finished += n;
+        if c.waiters > 0 && c.finished >= c.submitted {
+            self.all_done.notify_all();
+        }
+    }
+
+    pub(crate) fn callbacks(&self) -> Vec<Callback> {
+        if !self.has_callbacks.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.callbacks.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// Submits tasks to its pilots, waits for them, cancels them.
+#[derive(Clone)]
+pub struct TaskManager {
+    shared: Arc<TmgrShared>,
+}
+
+impl fmt::Debug for TaskManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskManager").field("id", &self.shared.id).finish()
+    }
+}
+
+impl TaskManager {
+    /// Its id (`tmgr.0000`).
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// Lets tasks run on `pilot`. With several pilots, each task goes to
+    /// one that can hold it, in turn.
+    pub fn add_pilot(&self, pilot: &Pilot) {
+        let mut g = lock(&self.shared.pilots);
+        if !g.iter().any(|p| Arc::ptr_eq(p, &pilot.shared)) {
+            g.push(Arc::clone(&pilot.shared));
+        }
+    }
+
+    /// Calls `f` on every state change of this manager's tasks.
+    pub fn register_callback(&self, f: impl Fn(&Task, TaskState) + Send + Sync + 'static) {
+        self.shared
+            .callbacks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::new(f));
+        self.shared.has_callbacks.store(true, Ordering::Release);
+    }
+
+    /// Submits one task.
+    pub fn submit(&self, desc: TaskDescription) -> Result<Task> {
+        let mut v = self.submit_many(vec![desc])?;
+        v.pop().ok_or_else(|| PilotError::NoPilot)
+    }
+
+    /// Submits a batch: all are accepted or none (the error names the first
+    /// bad description). Dependencies may name tasks of the same batch.
+    pub fn submit_many(&self, descs: Vec<TaskDescription>) -> Result<Vec<Task>> {
+        let tm = &self.shared;
+        let s = &tm.session;
+        s.check_open()?;
+        let pilots: Vec<Arc<PilotShared>> = lock(&tm.pilots).clone();
+        if pilots.is_empty() {
+            return Err(PilotError::NoPilot);
+        }
+        for p in &pilots {
+            if *lock(&p.state) != PilotState::Active {
+                return Err(PilotError::Closed {
+                    what: format!("pilot {}", p.id),
+                });
+            }
+        }
+        // Names: unique in the session and in the batch.
+        let mut batch_names: HashMap<&str, usize> = HashMap::new();
+        {
+            let known = lock(&s.names);
+            for (i, d) in descs.iter().enumerate() {
+                if let Some(n) = &d.name {
+                    if known.contains_key(n) || batch_names.insert(n.as_str(), i).is_some() {
+                        return Err(PilotError::DuplicateName { name: n.clone() });
+                    }
+                }
+            }
+        }
+        check_cycles(&descs, &batch_names)?;
+        let mut prepared = Vec::with_capacity(descs.len());
+        for (i, d) in descs.iter().enumerate() {
+            prepared.push(prepare(s, &pilots, tm, d, i)?);
+        }
+        // Ids, then dependencies (by id, by earlier name, or in the batch).
+        let n = descs.len() as u64;
+        let base = s.next_task.fetch_add(n, Ordering::Relaxed);
+        let mut names = lock(&s.names);
+        let mut deps_of: Vec<Vec<TaskId>> = Vec::with_capacity(descs.len());
+        for (i, d) in descs.iter().enumerate() {
+            let mut deps = Vec::with_capacity(d.dependencies.len());
+            for r in &d.dependencies {
+                let id = match r {
+                    TaskRef::Id(id) if id.0 >= 1 && id.0 < base => *id,
+                    TaskRef::Name(nm) => match (batch_names.get(nm.as_str()), names.get(nm)) {
+                        (Some(&j), _) => TaskId(base + j as u64),
+                        (None, Some(&id)) => id,
+                        (None, None) => {
+                            return Err(PilotError::UnknownDependency {
+                                task: d.label(i),
+                                dependency: r.to_string(),
+                            })
+                        }
+                    },
+                    TaskRef::Id(_) => {
+                        return Err(PilotError::UnknownDependency {
+                            task: d.label(i),
+                            dependency: r.to_string(),
+                        })
+                    }
+                };
+                deps.push(id);
+            }
+            deps_of.push(deps);
+        }
+        for (i, d) in descs.iter().enumerate() {
+            if let Some(nm) = &d.name {
+                names.insert(nm.clone(), TaskId(base + i as u64));
+            }
+        }
+        drop(names);
+        lock(&tm.counts).submitted += n;
+        let now = now_ns();
+        let mut by_pilot: Vec<Vec<Arc<TaskShared>>> = vec![Vec::new(); pilots.len()];
+        let mut out = Vec::with_capacity(descs.len());
+        for (i, ((desc, prep), deps)) in descs.into_iter().zip(prepared).zip(deps_of).enumerate() {
+            let inner = TaskInner {
+                state: Some(TaskState::New),
+                ts: crate::Timestamps {
+                    new: now,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let t = Arc::new(TaskShared {
+                id: TaskId(base + i as u64),
+                desc,
+                label: prep.label,
+                kind: prep.kind,
+                shape: prep.shape,
+                func: prep.func,
+                deps,
+                pilot: Arc::clone(&pilots[prep.pilot]),
+                tmgr: Arc::clone(tm),
+                inner: Mutex::new(inner),
+                changed: Condvar::new(),
+            });
+            by_pilot[prep.pilot].push(Arc::clone(&t));
+            out.push(Task { shared: t });
+        }
+        let cbs = tm.callbacks();
+        if !cbs.is_empty() {
+            for t in &out {
+                for cb in &cbs {
+                    cb(t, TaskState::New);
+                }
+            }
+        }
+        for (p, tasks) in pilots.iter().zip(by_pilot) {
+            if tasks.is_empty() {
+                continue;
+            }
+            let k = tasks.len() as u64;
+            if p.tx.send(AgentEvent::Submit(tasks)).is_err() {
+                // The agent is gone: these tasks will never finish.
+                tm.task_finished(k);
+                return Err(PilotError::Closed {
+                    what: format!("pilot {}", p.id),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Blocks until every task submitted so far is final.
+    pub fn wait_all(&self) {
+        let mut c = lock(&self.shared.counts);
+        while c.finished < c.submitted {
+            c.waiters += 1;
+            c = self
+                .shared
+                .all_done
+                .wait(c)
+                .unwrap_or_else(PoisonError::into_inner);
+            c.waiters -= 1;
+        }
+    }
+
+    /// Like [`wait_all`](Self::wait_all) for at most `timeout`; `true` when
+    /// all are final.
+    pub fn wait_all_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut c = lock(&self.shared.counts);
+        while c.finished < c.submitted {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            c.waiters += 1;
+            c = self
+                .shared
+                .all_done
+                .wait_timeout(c, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            c.waiters -= 1;
+        }
+        true
+    }
+
+    /// Blocks until each of `tasks` is final; returns their final states.
+    pub fn wait(&self, tasks: &[Task]) -> Vec<TaskState> {
+        tasks.iter().map(Task::wait).collect()
+    }
+
+    /// Cancels a task (see [`Task::cancel`]).
+    pub fn cancel(&self, task: &Task) {
+        task.cancel();
+    }
+
+    /// How many tasks were submitted and how many are final.
+    pub fn counts(&self) -> (u64, u64) {
+        let c = lock(&self.shared.counts);
+        (c.submitted, c.finished)
+    }
+}
+
+/// A validated description.
+struct Prepared {
+    pilot: usize,
+    label: Arc<str>,
+    kind: Arc<str>,
+    shape: Shape,
+    func: Option<Arc<crate::registry::RawFn>>,
+}
+
+fn prepare(
+    s: &SessionShared,
+    pilots: &[Arc<PilotShared>],
+    tm: &TmgrShared,
+    d: &TaskDescription,
+    index: usize,
+) -> Result<Prepared> {
+    let label = || d.label(index);
+    if d.ranks == 0 {
+        return Err(PilotError::invalid(label(), "ranks must be at least 1"));
+    }
+    if d.cores_per_rank == 0 {
+        return Err(PilotError::invalid(label(), "cores_per_rank must be at least 1"));
+    }
+    let g = d.gpus_per_rank;
+    if !(g.is_finite() && g >= 0.0) || (g > 1.0 && g.fract() != 0.0) {
+        return Err(PilotError::invalid(
+            label(),
+            format!("gpus_per_rank must be a fraction up to 1 or a whole number, not {g}"),
+        ));
+    }
+    if d.timeout.is_some_and(|t| t.is_zero()) {
+        return Err(PilotError::invalid(label(), "a timeout must be longer than zero"));
+    }
+    let (name, kind, func, span) = match &d.kind {
+        TaskKind::Function(f) => {
+            let entry = s.registry.get(&f.name).ok_or_else(|| PilotError::UnknownFunction {
+                task: label(),
+                name: f.name.clone(),
+                known: s.registry.names().join(", "),
+            })?;
+            if f.launch == FunctionLaunch::Mpirun {
+                if !cfg!(feature = "mpi") {
+                    return Err(PilotError::NotCompiled {
+                        what: format!("task {}: function tasks under mpirun", label()),
+                        feature: "mpi",
+                    });
+                }
+                if let Some(m) = pilots[0].methods.get("mpirun") {
+                    m.check().map_err(|reason| PilotError::LauncherUnavailable {
+                        task: label(),
+                        method: "mpirun".into(),
+                        reason,
+                    })?;
+                }
+            }
+            (
+                Arc::clone(&entry.name),
+                s.intern(f.launch.label()),
+                Some(Arc::clone(&entry.func)),
+                f.launch != FunctionLaunch::Threads,
+            )
+        }
+        TaskKind::Executable(e) => {
+            let Some(program) = e.argv.first() else {
+                return Err(PilotError::invalid(label(), "argv is empty"));
+            };
+            let method = pilots[0].methods.get(&e.launch_method).ok_or_else(|| {
+                let mut known: Vec<&str> = pilots[0].methods.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                PilotError::UnknownLaunchMethod {
+                    task: label(),
+                    method: e.launch_method.clone(),
+                    known: known.join(", "),
+                }
+            })?;
+            method.check().map_err(|reason| PilotError::LauncherUnavailable {
+                task: label(),
+                method: e.launch_method.clone(),
+                reason,
+            })?;
+            if e.pre_exec.is_empty() {
+                let path_var = e.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+                let resolved = match (&e.cwd, program.contains('/') && !program.starts_with('/')) {
+                    (Some(cwd), true) => sys::is_executable(&cwd.join(program)).then_some(()),
+                    _ => sys::which(program, path_var).map(|_| ()),
+                };
+                if resolved.is_none() {
+                    return Err(PilotError::ExecutableNotFound {
+                        task: label(),
+                        path: program.clone(),
+                    });
+                }
+            }
+            let base = Path::new(program)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| program.clone());
+            (
+                s.intern(&base),
+                s.intern(&format!("executable.{}", e.launch_method)),
+                None,
+                method.spans_nodes(),
+            )
+        }
+    };
+    let shape = Shape {
+        ranks: d.ranks,
+        cores: d.cores_per_rank,
+        gpu_units: Shape::gpu_units(g),
+        mem: d.mem_per_rank,
+        span_nodes: span,
+    };
+    // First fitting pilot, in turn.
+    let start = if pilots.len() > 1 {
+        tm.rr.fetch_add(1, Ordering::Relaxed)
+    } else {
+        0
+    };
+    let mut why = None;
+    for k in 0..pilots.len() {
+        let i = (start + k) % pilots.len();
+        match pilots[i].never_fits(&shape) {
+            None => {
+                return Ok(Prepared {
+                    pilot: i,
+                    label: name,
+                    kind,
+                    shape,
+                    func,
+                })
+            }
+            Some(w) if why.is_none() => why = Some((i, w)),
+            Some(_) => {}
+        }
+    }
+    let (i, detail) = why.unwrap_or((0, String::new()));
+    Err(PilotError::InsufficientResources {
+        task: label(),
+        pilot: pilots[i].id.clone(),
+        asked: d.total_resources(),
+        available: pilots[i].total,
+        detail,
+    })
+}
+
+/// Rejects dependency cycles among the tasks of one batch (by name).
+fn check_cycles(descs: &[TaskDescription], names: &HashMap<&str, usize>) -> Result<()> {
+    let edges: Vec<Vec<usize>> = descs
+        .iter()
+        .map(|d| {
+            d.dependencies
+                .iter()
+                .filter_map(|r| match r {
+                    TaskRef::Name(n) => names.get(n.as_str()).copied(),
+                    TaskRef::Id(_) => None,
+                })
+                .collect()
+        })
+        .collect();
+    if edges.iter().all(Vec::is_empty) {
+        return Ok(());
+    }
+    // 0 = unvisited, 1 = on the stack, 2 = done.
+    let mut mark = vec![0u8; descs.len()];
+    for root in 0..descs.len() {
+        if mark[root] != 0 {
+            continue;
+        }
+        let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
+        mark[root] = 1;
+        while let Some(&mut (v, ref mut next)) = stack.last_mut() {
+            if let Some(&w) = edges[v].get(*next) {
+                *next += 1;
+                match mark[w] {
+                    0 => {
+                        mark[w] = 1;
+                        stack.push((w, 0));
+                    }
+                    1 => {
+                        let from = stack.iter().position(|&(x, _)| x == w).unwrap_or(0);
+                        let mut tasks: Vec<String> = stack[from..].iter().map(|&(x, _)| descs[x].label(x)).collect();
+                        tasks.push(descs[w].label(w));
+                        return Err(PilotError::DependencyCycle { tasks });
+                    }
+                    _ => {}
+                }
+            } else {
+                mark[v] = 2;
+                stack.pop();
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cycles() {
+        let d = |n: &str, deps: &[&str]| {
+            let mut t = TaskDescription::function("f").name(n);
+            for x in deps {
+                t = t.depends_on(*x);
+            }
+            t
+        };
+        let descs = vec![d("a", &["c"]), d("b", &["a"]), d("c", &["b"]), d("e", &[])];
+        let names: HashMap<&str, usize> = [("a", 0), ("b", 1), ("c", 2), ("e", 3)].into_iter().collect();
+        match check_cycles(&descs, &names) {
+            Err(PilotError::DependencyCycle { tasks }) => assert_eq!(tasks.len(), 4),
+            other => panic!("expected a cycle, got {other:?}"),
+        }
+        let ok = vec![d("a", &[]), d("b", &["a"]), d("c", &["a", "b"])];
+        let names: HashMap<&str, usize> = [("a", 0), ("b", 1), ("c", 2)].into_iter().collect();
+        assert!(check_cycles(&ok, &names).is_ok());
+        let selfdep = vec![d("a", &["a"])];
+        let names: HashMap<&str, usize> = [("a", 0)].into_iter().collect();
+        assert!(check_cycles(&selfdep, &names).is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! The frames between the agent and its worker processes, over a Unix
+//! socket: `[u32 length][u8 kind][payload]`, little-endian, hand-encoded
+//! (a null task is a few dozen bytes each way).
+
+use crate::GpuShare;
+use std::io::{self, Read, Write};
+
+pub(crate) const HELLO: u8 = 1;
+pub(crate) const RUN: u8 = 2;
+pub(crate) const EXIT: u8 = 3;
+pub(crate) const DONE: u8 = 4;
+
+/// The largest frame accepted (arguments and results included).
+const MAX_FRAME: usize = 1 << 30;
+
+/// Builds one frame.
+pub(crate) struct Enc {
+    buf: Vec<u8>,
+}
+
+impl Enc {
+    pub(crate) fn new(kind: u8) -> Self {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&[0, 0, 0, 0, kind]);
+        Self { buf }
+    }
+
+    pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
+        self
+    }
+
+    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub(crate) fn f64(&mut self, v: f64) -> &mut Self {
+        self.u64(v.to_bits())
+    }
+
+    pub(crate) fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.u32(v.len() as u32);
+        self.buf.extend_from_slice(v);
+        self
+    }
+
+    pub(crate) fn str(&mut self, v: &str) -> &mut Self {
+        self.bytes(v.as_bytes())
+    }
+
+    /// The finished frame.
+    pub(crate) fn finish(&mut self) -> &[u8] {
+        let len = (self.buf.len() - 4) as u32;
+        self.buf[..4].copy_from_slice(&len.to_le_bytes());
+        &self.buf
+    }
+}
+
+/// Reads the fields of one frame.
+pub(crate) struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+fn short() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "truncated frame")
+}
+
+impl<'a> Dec<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(short)?;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    pub(crate) fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub(crate) fn u32(&mut self) -> io::Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    pub(crate) fn u64(&mut self) -> io::Result<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    pub(crate) fn f64(&mut self) -> io::Result<f64> {
+        Ok(f64::from_bits(self.u64()?))
+    }
+
+    pub(crate) fn bytes(&mut self) -> io::Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+
+    pub(crate) fn str(&mut self) -> io::Result<&'a str> {
+        std::str::from_utf8(self.bytes()?)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "invalid UTF-8 in frame"))
+    }
+}
+
+/// Reads one frame into `buf` and returns its kind; `Ok(None)` at a clean
+/// end of stream.
+pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<u8>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len == 0 || len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes refused"),
+        ));
+    }
+    buf.resize(len, 0);
+    r.read_exact(buf)?;
+    let kind = buf[0];
+    buf.drain(..1);
+    Ok(Some(kind))
+}
+
+/// How a worker should build a multi-rank task's communicator.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CommSpec {
+    /// One rank: made on first use.
+    None,
+    /// `tcp` with a file store in `store` and this job token.
+    Tcp {
+        store: String,
+        token: String,
+        timeout_ms: u64,
+        connect_timeout_ms: u64,
+        max_frame_bytes: u64,
+    },
+}
+
+/// One rank of a function task, sent to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RunMsg<'a> {
+    pub(crate) task: u64,
+    pub(crate) attempt: u32,
+    pub(crate) rank: u32,
+    pub(crate) size: u32,
+    pub(crate) node: u32,
+    pub(crate) func: &'a str,
+    pub(crate) args: &'a [u8],
+    pub(crate) cpus: Vec<usize>,
+    pub(crate) gpus: Vec<GpuShare>,
+    pub(crate) sandbox: &'a str,
+    pub(crate) comm: CommSpec,
+}
+
+impl RunMsg<'_> {
+    pub(crate) fn encode(&self, e: &mut Enc) {
+        e.u64(self.task)
+            .u32(self.attempt)
+            .u32(self.rank)
+            .u32(self.size)
+            .u32(self.node)
+            .str(self.func)
+            .bytes(self.args)
+            .u32(self.cpus.len() as u32);
+        for &c in &self.cpus {
+            e.u32(c as u32);
+        }
+        e.u32(self.gpus.len() as u32);
+        for g in &self.gpus {
+            e.u32(g.gpu as u32).u32(g.device as u32).f64(g.fraction);
+        }
+        e.str(self.sandbox);
+        match &self.comm {
+            CommSpec::None => {
+                e.u8(0);
+            }
+            CommSpec::Tcp {
+                store,
+                token,
+                timeout_ms,
+                connect_timeout_ms,
+                max_frame_bytes,
+            } => {
+                e.u8(1)
+                    .str(store)
+                    .str(token)
+                    .u64(*timeout_ms)
+                    .u64(*connect_timeout_ms)
+                    .u64(*max_frame_bytes);
+            }
+        }
+    }
+
+    pub(crate) fn decode<'b>(d: &mut Dec<'b>) -> io::Result<RunMsg<'b>> {
+        let task = d.u64()?;
+        let attempt = d.u32()?;
+        let rank = d.u32()?;
+        let size = d.u32()?;
+        let node = d.u32()?;
+        let func = d.str()?;
+        let args = d.bytes()?;
+        let n = d.u32()? as usize;
+        let mut cpus = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            cpus.push(d.u32()? as usize);
+        }
+        let n = d.u32()? as usize;
+        let mut gpus = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            gpus.push(GpuShare {
+                gpu: d.u32()? as usize,
+                device: d.u32()? as usize,
+                fraction: d.f64()?,
+            });
+        }
+        let sandbox = d.str()?;
+        let comm = match d.u8()? {
+            0 => CommSpec::None,
+            _ => CommSpec::Tcp {
+                store: d.str()?.to_string(),
+                token: d.str()?.to_string(),
+                timeout_ms: d.u64()?,
+                connect_timeout_ms: d.u64()?,
+                max_frame_bytes: d.u64()?,
+            },
+        };
+        Ok(RunMsg {
+            task,
+            attempt,
+            rank,
+            size,
+            node,
+            func,
+            args,
+            cpus,
+            gpus,
+            sandbox,
+            comm,
+        })
+    }
+}
+
+/// How a rank ended, as a worker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Ok = 0,
+    Error = 1,
+    Panic = 2,
+    Comm = 3,
+}
+
+/// A rank's result, sent back by a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DoneMsg {
+    pub(crate) task: u64,
+    pub(crate) attempt: u32,
+    pub(crate) rank: u32,
+    pub(crate) exec_start: u64,
+    pub(crate) exec_end: u64,
+    pub(crate) comm_ns: u64,
+    pub(crate) status: Status,
+    pub(crate) payload: Vec<u8>,
+}
+
+impl DoneMsg {
+    pub(crate) fn encode(&self, e: &mut Enc) {
+        e.u64(self.task)
+            .u32(self.attempt)
+            .u32(self.rank)
+            .u64(self.exec_start)
+            .u64(self.exec_end)
+            .u64(self.comm_ns)
+            .u8(self.status as u8)
+            .bytes(&self.payload);
+    }
+
+    pub(crate) fn decode(d: &mut Dec<'_>) -> io::Result<DoneMsg> {
+        Ok(DoneMsg {
+            task: d.u64()?,
+            attempt: d.u32()?,
+            rank: d.u32()?,
+            exec_start: d.u64()?,
+            exec_end: d.u64()?,
+            comm_ns: d.u64()?,
+            status: match d.u8()? {
+                0 => Status::Ok,
+                1 => Status::Error,
+                2 => Status::Panic,
+                _ => Status::Comm,
+            },
+            payload: d.bytes()?.to_vec(),
+        })
+    }
+}
+
+/// Writes a finished frame.
+pub(crate) fn write_frame(w: &mut impl Write, e: &mut Enc) -> io::Result<()> {
+    w.write_all(e.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_and_done_round_trip() {
+        let run = RunMsg {
+            task: 7,
+            attempt: 1,
+            rank: 2,
+            size: 4,
+            node: 0,
+            func: "allreduce",
+            args: b"[1,2]",
+            cpus: vec![0, 3],
+            gpus: vec![GpuShare {
+                gpu: 0,
+                device: 1,
+                fraction: 0.25,
+            }],
+            sandbox: "/tmp/x",
+            comm: CommSpec::Tcp {
+                store: "/tmp/s".into(),
+                token: "t".into(),
+                timeout_ms: 1,
+                connect_timeout_ms: 2,
+                max_frame_bytes: 3,
+            },
+        };
+        let mut e = Enc::new(RUN);
+        run.encode(&mut e);
+        let mut r = std::io::Cursor::new(e.finish().to_vec());
+        let mut buf = Vec::new();
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), Some(RUN));
+        assert_eq!(RunMsg::decode(&mut Dec::new(&buf)).unwrap(), run);
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), None);
+
+        let done = DoneMsg {
+            task: 7,
+            attempt: 1,
+            rank: 2,
+            exec_start: 10,
+            exec_end: 20,
+            comm_ns: 5,
+            status: Status::Panic,
+            payload: b"boom".to_vec(),
+        };
+        let mut e = Enc::new(DONE);
+        done.encode(&mut e);
+        let mut r = std::io::Cursor::new(e.finish().to_vec());
+        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), Some(DONE));
+        assert_eq!(DoneMsg::decode(&mut Dec::new(&buf)).unwrap(), done);
+        // Truncated input is an error, not a panic.
+        assert!(DoneMsg::decode(&mut Dec::new(&buf[..5])).is_err());
+    }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what Deep RC's builds and tests need on a fresh Debian 12 machine.
+# Idempotent: installs only what is missing.
+set -euo pipefail
+
+# Debian packages: OpenMPI (tests, mpirun launch method), MPICH (benchmark
+# comparison), Gloo, and libclang/pkg-config for the MPI bindings.
+packages=(pkg-config libclang-dev libopenmpi-dev openmpi-bin mpich libmpich-dev libgloo-dev)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "setup: installing ${missing[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# rsmpi builds against OpenMPI; MPICH is only used by the benchmark script.
+echo "setup: Debian packages present (${packages[*]})"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace, with every feature that can run
+# on this machine (MPI under mpirun, Gloo, NCCL's no-GPU path).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+source scripts/env.sh
+
+echo "== rustfmt"
+cargo fmt --all -- --check
+echo "== clippy (all features, all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== tests (all features)"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --all-features --no-fail-fast
+else
+    cargo test --workspace --all-features --no-fail-fast
+fi
+echo "== doc tests"
+cargo test --workspace --all-features --doc
