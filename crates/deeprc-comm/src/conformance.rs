@@ -65,10 +65,13 @@ fn uneven_len(src: usize, dst: usize) -> usize {
     }
 }
 
+/// One case of the suite.
+type Case = fn(&dyn Communicator, Sizes) -> Result<()>;
+
 /// Runs every case; returns the names of the cases that passed.
 pub fn run_all(comm: &dyn Communicator, sizes: Sizes) -> Result<Vec<&'static str>> {
     let mut passed = Vec::new();
-    let cases: [(&'static str, fn(&dyn Communicator, Sizes) -> Result<()>); 12] = [
+    let cases: [(&'static str, Case); 12] = [
         ("rank_and_size", rank_and_size),
         ("point_to_point", point_to_point),
         ("barrier", |c, _| c.barrier()),

@@ -112,7 +112,7 @@ mod tests {
             assert_eq!(bytemuck::cast_slice::<u8, i32>(&acc), &want);
         }
         // Unaligned path gives the same answer.
-        let mut buf = vec![0u8; 13];
+        let mut buf = [0u8; 13];
         buf[1..13].copy_from_slice(&a);
         reduce_into(&mut buf[1..13], &b, DType::I32, ReduceOp::Sum);
         reduce_into(&mut a, &b, DType::I32, ReduceOp::Sum);
