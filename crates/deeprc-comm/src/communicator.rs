@@ -172,7 +172,7 @@ reducible!(u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32,
 /// let sums = local::launch(3, |comm| {
 ///     let mut v = [comm.rank() as f64, 1.0];
 ///     comm.all_reduce(&mut v, ReduceOp::Sum)?;
-///     Ok(v)
+///     Ok::<_, deeprc_comm::CommError>(v)
 /// })
 /// .unwrap();
 /// assert_eq!(sums, vec![[3.0, 3.0]; 3]);

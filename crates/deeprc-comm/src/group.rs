@@ -8,6 +8,7 @@
 use crate::{
     communicator::{check_elements, reduce_bytes},
     mailbox::{Key, Payload},
+    pool::BufferPool,
     AnyBox, Backend, CommError, Communicator, DType, ReduceOp, Result, Tag,
 };
 use bytes::Bytes;
@@ -25,6 +26,8 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
     fn world_rank(&self) -> usize;
     fn world_size(&self) -> usize;
     fn supports_objects(&self) -> bool;
+    /// Reusable buffers for collectives' temporaries.
+    fn pool(&self) -> &Arc<BufferPool>;
     /// Queues `payload` for world rank `dst`; never waits for the receiver
     /// to call `recv` (it may wait for buffer space, bounded by the timeout).
     fn send(&self, op: &'static str, dst: usize, key: Key, payload: Payload) -> Result<()>;
@@ -282,8 +285,9 @@ impl Communicator for Group {
         let esize = dtype.size();
         let elems = data.len() / esize;
         let bound = |i: usize| elems * i / n * esize;
+        let pool = self.transport.pool();
         let parts = (0..n)
-            .map(|j| Bytes::copy_from_slice(&data[bound(j)..bound(j + 1)]))
+            .map(|j| pool.copy(&data[bound(j)..bound(j + 1)]))
             .collect();
         let got = self.all_to_all_v(parts)?;
         let mine = bound(self.rank)..bound(self.rank + 1);
@@ -297,13 +301,21 @@ impl Communicator for Group {
                 });
             }
         }
-        let mut acc = got[0].to_vec();
+        // Reduce in rank order into this rank's chunk of `data` (its own
+        // contribution is in `got[rank]`), so no scratch buffer is needed.
+        let acc = &mut data[mine.clone()];
+        acc.copy_from_slice(&got[0]);
         for part in &got[1..] {
-            reduce_bytes(&mut acc, part, dtype, op);
+            reduce_bytes(acc, part, dtype, op);
         }
-        let reduced = self.all_gather(Bytes::from(acc))?;
+        drop(got);
+        let reduced_chunk = pool.copy(acc);
+        let reduced = self.all_gather(reduced_chunk)?;
         for (j, chunk) in reduced.iter().enumerate() {
             let range = bound(j)..bound(j + 1);
+            if j == self.rank {
+                continue;
+            }
             if chunk.len() != range.len() {
                 return Err(CommError::SizeMismatch {
                     op: "all_reduce",

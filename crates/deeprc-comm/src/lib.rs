@@ -36,6 +36,7 @@ mod error;
 mod group;
 mod macros;
 mod mailbox;
+mod pool;
 mod reduce;
 
 #[cfg(feature = "local")]

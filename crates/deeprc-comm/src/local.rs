@@ -21,6 +21,7 @@
 use crate::{
     group::{Group, Transport},
     mailbox::{Key, Mailbox, Payload},
+    pool::{BufferPool, POOL_BYTES},
     AnyBox, Backend, CommConfig, CommError, DType, ReduceOp, Result, Tag,
 };
 use bytes::Bytes;
@@ -37,6 +38,7 @@ struct Hub {
     mailboxes: Vec<Mailbox>,
     departed: Vec<AtomicBool>,
     config: CommConfig,
+    pool: Arc<BufferPool>,
 }
 
 /// One thread rank's end of the hub. Dropping it (with every communicator
@@ -77,6 +79,10 @@ impl Transport for Endpoint {
 
     fn supports_objects(&self) -> bool {
         true
+    }
+
+    fn pool(&self) -> &Arc<BufferPool> {
+        &self.hub.pool
     }
 
     fn send(&self, op: &'static str, dst: usize, key: Key, payload: Payload) -> Result<()> {
@@ -126,6 +132,7 @@ pub fn create(n: usize, config: CommConfig) -> Result<Vec<LocalComm>> {
         mailboxes: (0..n).map(|_| Mailbox::default()).collect(),
         departed: (0..n).map(|_| AtomicBool::new(false)).collect(),
         config,
+        pool: BufferPool::new(POOL_BYTES),
     });
     Ok((0..n)
         .map(|rank| {

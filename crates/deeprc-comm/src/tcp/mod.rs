@@ -35,6 +35,7 @@ use crate::{
     config::{env_parse, env_required},
     group::{Group, Transport},
     mailbox::{Key, Mailbox, Payload},
+    pool::{BufferPool, POOL_BYTES},
     AnyBox, Backend, CommConfig, CommError, Communicator, DType, ReduceOp, Result, Tag,
 };
 use bytes::Bytes;
@@ -196,6 +197,7 @@ struct Endpoint {
     config: CommConfig,
     peers: Vec<Option<Peer>>,
     mailbox: Arc<Mailbox>,
+    pool: Arc<BufferPool>,
     listener: Arc<Listener>,
     _store_server: Option<TcpStoreServer>,
 }
@@ -226,6 +228,10 @@ impl Transport for Endpoint {
 
     fn supports_objects(&self) -> bool {
         false
+    }
+
+    fn pool(&self) -> &Arc<BufferPool> {
+        &self.pool
     }
 
     fn send(&self, op: &'static str, dst: usize, key: Key, payload: Payload) -> Result<()> {
@@ -374,6 +380,7 @@ impl TcpComm {
         listener.complete.store(true, Ordering::SeqCst);
 
         let mailbox = Arc::new(Mailbox::default());
+        let pool = BufferPool::new(POOL_BYTES);
         let mut peers = Vec::with_capacity(o.size);
         for (peer, s) in streams.into_iter().enumerate() {
             let Some(s) = s else {
@@ -385,7 +392,13 @@ impl TcpComm {
             s.set_read_timeout(None).map_err(ctx)?;
             s.set_write_timeout(Some(o.config.timeout)).map_err(ctx)?;
             let reader = s.try_clone().map_err(ctx)?;
-            spawn_reader(reader, peer, Arc::clone(&mailbox), o.config.max_frame_bytes)?;
+            spawn_reader(
+                reader,
+                peer,
+                Arc::clone(&mailbox),
+                Arc::clone(&pool),
+                o.config.max_frame_bytes,
+            )?;
             peers.push(Some(Peer {
                 writer: Mutex::new(s),
             }));
@@ -396,6 +409,7 @@ impl TcpComm {
             config: o.config.clone(),
             peers,
             mailbox,
+            pool,
             listener: Arc::clone(&listener),
             _store_server: store_server,
         });
@@ -518,7 +532,13 @@ fn spawn_acceptor(
     Ok(())
 }
 
-fn spawn_reader(mut conn: TcpStream, peer: usize, mailbox: Arc<Mailbox>, limit: u64) -> Result<()> {
+fn spawn_reader(
+    mut conn: TcpStream,
+    peer: usize,
+    mailbox: Arc<Mailbox>,
+    pool: Arc<BufferPool>,
+    limit: u64,
+) -> Result<()> {
     let from = format!("rank {peer}");
     thread::Builder::new()
         .name(format!("deeprc-recv-{peer}"))
@@ -529,10 +549,12 @@ fn spawn_reader(mut conn: TcpStream, peer: usize, mailbox: Arc<Mailbox>, limit: 
                     Ok(None) => break format!("rank {peer} closed its connection"),
                     Err(e) => break e.to_string(),
                 };
-                let body = match wire::read_body(&mut conn, h.len, &from) {
-                    Ok(b) => b,
-                    Err(e) => break e.to_string(),
-                };
+                let body =
+                    match wire::read_body_into(&mut conn, h.len, &from, pool.reuse(h.len as usize))
+                    {
+                        Ok(b) => b,
+                        Err(e) => break e.to_string(),
+                    };
                 match h.kind {
                     Kind::Data => mailbox.push(
                         peer,
@@ -540,7 +562,7 @@ fn spawn_reader(mut conn: TcpStream, peer: usize, mailbox: Arc<Mailbox>, limit: 
                             ctx: h.ctx,
                             tag: h.tag,
                         },
-                        Payload::Bytes(Bytes::from(body)),
+                        Payload::Bytes(pool.freeze(body)),
                     ),
                     Kind::Abort => {
                         break format!("rank {peer} aborted: {}", String::from_utf8_lossy(&body))

@@ -140,7 +140,17 @@ pub(crate) fn read_header(r: &mut impl Read, limit: u64, from: &str) -> Result<O
 
 /// Reads a body of `len` bytes without zero-filling the buffer first.
 pub(crate) fn read_body(r: &mut impl Read, len: u64, from: &str) -> Result<Vec<u8>> {
-    let mut v = Vec::new();
+    read_body_into(r, len, from, Vec::new())
+}
+
+/// [`read_body`] into `v` (cleared first), reusing its capacity.
+pub(crate) fn read_body_into(
+    r: &mut impl Read,
+    len: u64,
+    from: &str,
+    mut v: Vec<u8>,
+) -> Result<Vec<u8>> {
+    v.clear();
     v.try_reserve_exact(len as usize).map_err(|e| {
         CommError::io(
             format!("allocating {len} bytes for a frame from {from}"),
