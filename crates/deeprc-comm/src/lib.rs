@@ -29,11 +29,15 @@
 //! A backend that was not compiled in still exists in [`Backend`] and answers
 //! [`CommError::NotCompiled`].
 
+// Without the local and tcp backends the shared collective machinery is unused.
+#![cfg_attr(not(any(feature = "local", feature = "tcp")), allow(dead_code))]
+
 mod communicator;
 mod config;
 pub mod conformance;
 mod error;
 mod group;
+mod init;
 mod macros;
 mod mailbox;
 mod pool;
@@ -67,3 +71,4 @@ pub use communicator::{
 };
 pub use config::CommConfig;
 pub use error::{CommError, Result};
+pub use init::{backend_from_env, from_env, launched_by_mpi};

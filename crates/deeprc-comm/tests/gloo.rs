@@ -168,6 +168,40 @@ fn gloo_recv_timeout_leaves_the_communicator_usable() {
     }
 }
 
+#[test]
+fn gloo_point_to_point_many_and_large() {
+    let _w = Watchdog::new("p2p", Duration::from_secs(120));
+    let out = gloo_in_threads(3, Kind::Dir, CommConfig::default(), |c| {
+        let (r, n) = (c.rank(), c.size());
+        let len = |i: usize| if i % 4 == 3 { 4 << 20 } else { i * 10 };
+        // Everybody sends first (sends never wait for the receiver).
+        for i in 0..24 {
+            for d in (0..n).filter(|&d| d != r) {
+                let tag = (i % 2) as u32;
+                c.send(
+                    d,
+                    tag,
+                    deeprc_comm::conformance::pattern(i as u64, r, d, len(i)),
+                )?;
+            }
+        }
+        for s in (0..n).filter(|&s| s != r) {
+            // Tag 1 first: tags are independent queues, each in order.
+            for i in (1..24).step_by(2).chain((0..24).step_by(2)) {
+                let got = c.recv(s, (i % 2) as u32)?;
+                assert_eq!(
+                    got,
+                    deeprc_comm::conformance::pattern(i as u64, s, r, len(i))
+                );
+            }
+        }
+        c.barrier()
+    });
+    for res in out {
+        res.unwrap();
+    }
+}
+
 /// Rank 2 of 3 leaves (`drop_comm`: drops its communicator; otherwise it
 /// keeps it but stops taking part); ranks 0 and 1 must fail within about
 /// the 2 s timeout.
@@ -195,7 +229,11 @@ fn one_rank_leaves(drop_comm: bool) {
                 eprintln!("rank {} failed after {:?}: {e}", c.rank(), start.elapsed());
                 return Ok(start.elapsed());
             }
-            assert!(start.elapsed() < timeout * 5, "rank {} never failed", c.rank());
+            assert!(
+                start.elapsed() < timeout * 5,
+                "rank {} never failed",
+                c.rank()
+            );
         }
     });
     for (r, res) in out.into_iter().take(2).enumerate() {
@@ -228,7 +266,10 @@ fn gloo_ranks_as_processes_from_env() {
     for (r, k) in kids.into_iter().enumerate() {
         let (code, out, _) = common::wait_output(k, Duration::from_secs(240));
         assert_eq!(code, Some(0), "rank {r}: {out}");
-        assert!(common::result_line(&out).starts_with("ok 12"), "rank {r}: {out}");
+        assert!(
+            common::result_line(&out).starts_with("ok 12"),
+            "rank {r}: {out}"
+        );
     }
 }
 
@@ -253,5 +294,8 @@ fn gloo_options_checks() {
         Err(CommError::InvalidRank { rank: 3, size: 3 })
     ));
     let o = GlooOptions::new(0, 1, HashStore::new(), "");
-    assert!(matches!(GlooComm::connect(o), Err(CommError::Config { .. })));
+    assert!(matches!(
+        GlooComm::connect(o),
+        Err(CommError::Config { .. })
+    ));
 }

@@ -207,6 +207,17 @@ fn mpi_from_communicator_of_a_host_program() {
 }
 
 #[test]
+fn mpi_below_thread_multiple() {
+    // A host that initialised MPI with less than MPI_THREAD_MULTIPLE:
+    // calls are serialised (Serialized) or refused off the main thread
+    // (Funneled).
+    for entry in ["mpi_serialized_rank", "mpi_funneled_rank"] {
+        let job = mpirun(2, entry, DEADLINE);
+        assert_all_ok(2, entry, &job);
+    }
+}
+
+#[test]
 fn mpi_tiny_chunks_split_every_message_and_collective() {
     let job = mpirun(3, "mpi_chunked_rank", DEADLINE);
     assert_all_ok(3, "mpi_chunked_rank", &job);
@@ -443,6 +454,74 @@ fn mpi_host_rank() {
             format!("{} {} rank {rank}", passed_half.len(), passed_whole.len())
         };
         // The communicators are gone; the host finalises MPI.
+        drop(universe);
+        Ok((out, None))
+    });
+}
+
+/// Initialises MPI as a host program would, with `level`.
+fn host_init(level: mpi::Threading) -> Result<mpi::environment::Universe, CommError> {
+    let (universe, got) =
+        mpi::initialize_with_threading(level).ok_or_else(|| CommError::InvalidArgument {
+            op: "test",
+            reason: "MPI was initialised already".into(),
+        })?;
+    check(got == level, format!("asked for {level:?}, got {got:?}"))?;
+    Ok(universe)
+}
+
+#[test]
+#[ignore = "entry point of mpirun ranks"]
+fn mpi_serialized_rank() {
+    rank_main(|| {
+        let universe = host_init(mpi::Threading::Serialized)?;
+        let out = {
+            let comm = std::sync::Arc::new(MpiComm::from_communicator(universe.world())?);
+            check(comm.threading() == mpi::Threading::Serialized, "level")?;
+            let (r, n) = (comm.rank(), comm.size());
+            let (next, prev) = ((r + 1) % n, (r + n - 1) % n);
+            // A thread waits in a receive (polling, without holding the
+            // lock) while this one sends and runs collectives.
+            let c2 = std::sync::Arc::clone(&comm);
+            let waiter = std::thread::spawn(move || c2.recv(prev, 50));
+            std::thread::sleep(Duration::from_millis(200));
+            comm.barrier()?;
+            comm.send(next, 50, pattern(50, r, next, 200_000))?;
+            let got = waiter.join().expect("receiver thread")?;
+            check(
+                got == pattern(50, prev, r, 200_000),
+                "received in another thread",
+            )?;
+            let passed = run_all(&*comm, Sizes::default())?;
+            p2p_extras(&*comm, 1 << 20)?;
+            format!("{} rank {r}", passed.len())
+        };
+        drop(universe);
+        Ok((out, None))
+    });
+}
+
+#[test]
+#[ignore = "entry point of mpirun ranks"]
+fn mpi_funneled_rank() {
+    rank_main(|| {
+        let universe = host_init(mpi::Threading::Funneled)?;
+        let out = {
+            let comm = std::sync::Arc::new(MpiComm::from_communicator(universe.world())?);
+            let passed = run_all(&*comm, Sizes::default())?;
+            // Another thread may not call MPI at this level: refused, and
+            // nothing reached MPI (no collective is left half done).
+            let c2 = std::sync::Arc::clone(&comm);
+            let other = std::thread::spawn(move || c2.barrier())
+                .join()
+                .expect("thread");
+            check(
+                matches!(other, Err(CommError::InvalidArgument { .. })),
+                format!("barrier from another thread: {other:?}"),
+            )?;
+            comm.barrier()?;
+            format!("{} rank {}", passed.len(), comm.rank())
+        };
         drop(universe);
         Ok((out, None))
     });

@@ -201,7 +201,7 @@ fn one_rank_checks(c: &NcclComm) -> Result<usize, CommError> {
     let mut v = [3u16, 65535];
     c.all_reduce(&mut v, ReduceOp::Sum)?;
     assert_eq!(v, [3, 65535]);
-    let mut raw = vec![0u8; 9];
+    let mut raw = [0u8; 9];
     raw[1..].copy_from_slice(&(-5i64).to_le_bytes());
     c.all_reduce_raw(&mut raw[1..], DType::I64, ReduceOp::Min)?;
     assert_eq!(i64::from_le_bytes(raw[1..].try_into().unwrap()), -5);

@@ -115,7 +115,10 @@ impl StoreBridge {
     fn keep<T>(&self, r: crate::Result<T>) -> Result<T, String> {
         r.map_err(|e| {
             let msg = e.to_string();
-            *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+            *self
+                .last_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(e);
             msg
         })
     }

@@ -308,9 +308,15 @@ impl Inner {
         let message = e.what().to_string();
         let lower = message.to_ascii_lowercase();
         let peer = peer.unwrap_or(UNKNOWN_PEER);
-        if ["closed by peer", "socket closed", "connection reset", "read error", "write error"]
-            .iter()
-            .any(|p| lower.contains(p))
+        if [
+            "closed by peer",
+            "socket closed",
+            "connection reset",
+            "read error",
+            "write error",
+        ]
+        .iter()
+        .any(|p| lower.contains(p))
         {
             CommError::PeerLost {
                 op,
@@ -406,7 +412,8 @@ impl Inner {
                 }
             }
             let key = Key { ctx: 0, tag: h.tag };
-            self.mailbox.push(src, key, Payload::Bytes(Bytes::from(data)));
+            self.mailbox
+                .push(src, key, Payload::Bytes(Bytes::from(data)));
         }
     }
 }
@@ -447,8 +454,7 @@ impl GlooComm {
                         } else {
                             None
                         };
-                        let client =
-                            TcpStore::connect(addr, &o.token, o.config.connect_timeout)?;
+                        let client = TcpStore::connect(addr, &o.token, o.config.connect_timeout)?;
                         (Arc::new(client), server)
                     }
                 };
@@ -554,7 +560,8 @@ impl GlooComm {
     }
 
     /// The store prefix of this communicator's context: `w` for the world,
-    /// then `.<split sequence number>-<color>` per split.
+    /// then `.<split sequence number>-<color>` per split (replaced by a hash
+    /// of it, `h<16 hex digits>`, once longer than 96 bytes).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -654,7 +661,10 @@ impl Communicator for GlooComm {
             return Ok(());
         }
         let _g = lock(&inner.collective);
-        inner.ctx.barrier().map_err(|e| inner.error("barrier", None, e))
+        inner
+            .ctx
+            .barrier()
+            .map_err(|e| inner.error("barrier", None, e))
     }
 
     fn broadcast(&self, root: usize, data: Bytes) -> Result<Bytes> {
@@ -775,7 +785,11 @@ impl Communicator for GlooComm {
         let _g = lock(&inner.collective);
         // Agree on length, type and operator first: Gloo cannot survive
         // ranks that disagree on a buffer size.
-        let mine = [data.len() as u64, u64::from(dtype_code(dtype)), u64::from(op_code(op))];
+        let mine = [
+            data.len() as u64,
+            u64::from(dtype_code(dtype)),
+            u64::from(op_code(op)),
+        ];
         let all = u64s(&inner.allgather_fixed("all_reduce", &le_bytes(&mine))?);
         for (r, rec) in all.chunks_exact(3).enumerate() {
             if rec[0] != mine[0] {

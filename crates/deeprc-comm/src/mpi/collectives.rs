@@ -134,12 +134,14 @@ impl MpiComm {
     }
 
     pub(super) fn barrier_(&self) -> Result<()> {
+        self.reap_sends();
         let _e = self.inner.rt.enter("barrier")?;
         self.inner.comm.barrier();
         Ok(())
     }
 
     pub(super) fn broadcast_(&self, root: usize, data: Bytes) -> Result<Bytes> {
+        self.reap_sends();
         let root_c = self.check_root(root)?;
         let me = self.rank_();
         let mut len = [if me == root { data.len() as u64 } else { 0 }];
@@ -207,6 +209,7 @@ impl MpiComm {
     }
 
     pub(super) fn gather_(&self, root: usize, data: Bytes) -> Result<Option<Vec<Bytes>>> {
+        self.reap_sends();
         let root_c = self.check_root(root)?;
         let (me, n) = (self.rank_(), self.size_());
         let counts = self.gathered_counts("gather", data.len(), Some(root))?;
@@ -265,6 +268,7 @@ impl MpiComm {
     }
 
     pub(super) fn all_gather_(&self, data: Bytes) -> Result<Vec<Bytes>> {
+        self.reap_sends();
         let (me, n) = (self.rank_(), self.size_());
         let counts = self.gathered_counts("all_gather", data.len(), None)?;
         let offs = offsets(&counts)?;
@@ -307,6 +311,7 @@ impl MpiComm {
     }
 
     pub(super) fn all_to_all_v_(&self, mut parts: Vec<Bytes>) -> Result<Vec<Bytes>> {
+        self.reap_sends();
         let (me, n) = (self.rank_(), self.size_());
         if parts.len() != n {
             return Err(CommError::InvalidArgument {
@@ -390,6 +395,7 @@ impl MpiComm {
     }
 
     pub(super) fn all_reduce_(&self, data: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+        self.reap_sends();
         check_elements("all_reduce", data, dtype)?;
         let len = data.len() as u64;
         // One small all-reduce checks that every rank brought the same length.
@@ -428,6 +434,7 @@ impl MpiComm {
     }
 
     pub(super) fn split_(&self, color: Option<u32>, key: i64) -> Result<Option<MpiComm>> {
+        self.reap_sends();
         let (me, n) = (self.rank_(), self.size_());
         // Every rank learns every (color, key): the MPI color and key are
         // then dense ints computed the same way everywhere, so any u32 color
@@ -491,5 +498,48 @@ impl MpiComm {
                 "MPI_Comm_split returned a communicator for MPI_UNDEFINED",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_cover_every_byte_once() {
+        let per = 7;
+        for len in [0usize, 1, 6, 7, 8, 49, 50] {
+            let rounds = len.div_ceil(per);
+            let mut next = 0;
+            for k in 0..rounds + 2 {
+                let p = piece(len, k, per);
+                assert!(p.len() <= per);
+                if p.is_empty() {
+                    assert!(k >= rounds);
+                    continue;
+                }
+                assert_eq!(p.start, next);
+                next = p.end;
+            }
+            assert_eq!(next, len);
+        }
+    }
+
+    #[test]
+    fn offsets_and_parts() {
+        let offs = offsets(&[3, 0, 2]).unwrap();
+        assert_eq!(offs, vec![0, 3, 3, 5]);
+        let parts = split_parts(b"abcde".to_vec(), &offs);
+        assert_eq!(parts, vec![&b"abc"[..], &b""[..], &b"de"[..]]);
+        assert!(offsets(&[usize::MAX, 1]).is_err());
+        assert!(counts_c(&[i32::MAX as usize + 1]).is_err());
+    }
+
+    #[test]
+    fn empty_buffers_have_a_real_address() {
+        // 0x1 is OpenMPI's MPI_IN_PLACE.
+        assert_ne!(send_buf(&[]).as_ptr() as usize, 1);
+        let mut spare = [0u8; 1];
+        assert_ne!(recv_buf(&mut [], &mut spare).as_ptr() as usize, 1);
     }
 }

@@ -29,20 +29,25 @@
 //!
 //! # Failures and time bounds
 //! MPI has no timeouts, so [`CommConfig`](crate::CommConfig)'s timeout does
-//! not apply here. The failure time is bounded by the launcher instead: when
-//! a rank dies (crashes, is killed, or exits without `MPI_Finalize`),
-//! OpenMPI's `mpirun` and MPICH's `mpiexec` (Hydra) abort the whole job and
-//! kill every other rank, so nothing waits forever for a dead peer; ranks
-//! blocked in MPI calls do not get an error back, they are terminated. MPI
-//! errors themselves use MPI's default handler `MPI_ERRORS_ARE_FATAL`,
-//! which aborts the job too. What MPI cannot see is a rank that is alive but
-//! never takes part (a bug, or a rank that returned an error and stopped
-//! calling collectives): a rank that gives up should call
-//! [`MpiComm::abort`], which brings the whole job down at once.
+//! not apply here: no call of this backend returns
+//! [`CommError::Timeout`] or [`CommError::PeerLost`]. The failure time is
+//! bounded by the launcher instead: when a rank dies (crashes, is killed,
+//! or exits without `MPI_Finalize`), OpenMPI's `mpirun` and MPICH's
+//! `mpiexec` (Hydra) abort the whole job and kill every other rank, so
+//! nothing waits forever for a dead peer; the ranks blocked in MPI calls
+//! get no error back, they are terminated with the job. MPI errors
+//! themselves go to MPI's default handler `MPI_ERRORS_ARE_FATAL`, which
+//! aborts the job too.
 //!
-//! At process exit, if Deep RC initialised MPI, `MPI_Finalize` runs (an
-//! `atexit` handler): OpenMPI treats a rank that exits without it as
-//! failed. `MPI_Finalize` waits for every rank to finalise.
+//! What MPI cannot see is a rank that is alive but stops taking part: a
+//! rank that returned an error and no longer calls the collectives, or one
+//! that exits normally while its peers still wait for it (at exit it runs
+//! `MPI_Finalize`, which waits for every rank). A rank that gives up should
+//! call [`MpiComm::abort`], which ends the whole job at once.
+//!
+//! If Deep RC initialised MPI, `MPI_Finalize` runs when the process exits
+//! (an `atexit` handler): OpenMPI counts a rank that exits without it as
+//! failed. If the host program initialised MPI, finalising is its job.
 //!
 //! # Threads
 //! With `MPI_THREAD_MULTIPLE` (OpenMPI and MPICH provide it) any thread may
@@ -63,7 +68,8 @@
 //! MPI counts are `int`s. No single MPI call here moves more than
 //! [`MpiComm::chunk_bytes`] bytes (1 GiB by default, at most `i32::MAX`):
 //! larger messages are sent in chunks and larger collectives run in rounds,
-//! so any size that fits in memory works.
+//! so any size that fits in memory works (rounds copy through two temporary
+//! buffers of at most `chunk_bytes`).
 //!
 //! # Reductions
 //! `all_reduce_raw` maps every [`DType`] to its MPI datatype and every

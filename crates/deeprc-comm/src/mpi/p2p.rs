@@ -273,14 +273,29 @@ impl MpiComm {
         }
     }
 
+    /// Enters MPI to receive a matched message; if MPI may not be entered,
+    /// the message is forgotten (rsmpi panics on dropping it unreceived).
+    fn enter_matched(&self, msg: Message) -> Result<(super::runtime::Entered, Message)> {
+        match self.inner.rt.enter("recv") {
+            Ok(e) => Ok((e, msg)),
+            Err(e) => {
+                std::mem::forget(msg);
+                Err(e)
+            }
+        }
+    }
+
     /// Receives a probed message whole.
     fn take(&self, msg: Message, status: Status) -> Result<Vec<u8>> {
-        let _e = self.inner.rt.enter("recv")?;
+        let (_e, msg) = self.enter_matched(msg)?;
         let count = status.count(<u8 as Equivalence>::equivalent_datatype());
-        let len = usize::try_from(count)
-            .map_err(|_| backend_err(format!("MPI reported a message of {count} bytes")))?;
-        let mut buf = vec![0u8; len];
+        let mut buf = vec![0u8; usize::try_from(count).unwrap_or(0)];
         msg.matched_receive_into(&mut buf[..]);
+        if count < 0 {
+            return Err(backend_err(format!(
+                "MPI reported a message of {count} bytes"
+            )));
+        }
         Ok(buf)
     }
 
@@ -302,21 +317,33 @@ impl MpiComm {
             let (msg, status) = self
                 .probe(src, tag, false)?
                 .ok_or_else(|| backend_err("internal: blocking probe returned nothing"))?;
-            let _e = self.inner.rt.enter("recv")?;
             let count = status.count(<u8 as Equivalence>::equivalent_datatype());
             if usize::try_from(count).ok() != Some(end - at) {
                 // Receive it anyway so the message is not left matched.
-                let mut sink = vec![0u8; usize::try_from(count).unwrap_or(0)];
-                msg.matched_receive_into(&mut sink[..]);
+                drop(self.take(msg, status)?);
                 return Err(backend_err(format!(
                     "large message from rank {src}: chunk of {count} bytes, expected {}",
                     end - at
                 )));
             }
+            let (_e, msg) = self.enter_matched(msg)?;
             msg.matched_receive_into(&mut out[at..end]);
             at = end;
         }
         Ok(out.into())
+    }
+
+    /// Forgets completed sends, if no other thread is sending (called
+    /// before receives and collectives, so that the buffers of finished
+    /// sends are not kept until the next send).
+    pub(super) fn reap_sends(&self) {
+        if let Ok(mut pending) = self.inner.sends.try_lock() {
+            if !pending.requests.is_empty() {
+                if let Ok(_e) = self.inner.rt.enter("reap") {
+                    let _ = pending.reap();
+                }
+            }
+        }
     }
 
     fn receivers_lock(&self, src: usize, tag: c_int) -> Arc<Mutex<Stash>> {
@@ -339,6 +366,7 @@ impl MpiComm {
         if src >= size {
             return Err(CommError::InvalidRank { rank: src, size });
         }
+        self.reap_sends();
         if u64::from(tag) >= self.direct_tags() {
             return self.recv_escaped(src, tag);
         }
