@@ -117,10 +117,7 @@ impl FrameContext {
                 .await
                 .ctx(&format!("planning SQL {query:?}"))?;
             let schema = Arc::new(df.schema().as_arrow().clone());
-            let batches = df
-                .collect()
-                .await
-                .ctx(&format!("running SQL {query:?}"))?;
+            let batches = df.collect().await.ctx(&format!("running SQL {query:?}"))?;
             Table::try_new(schema, batches)
         })
     }
@@ -128,9 +125,7 @@ impl FrameContext {
     /// Collects a DataFusion `DataFrame` into a [`Table`].
     pub fn collect(&self, df: datafusion::dataframe::DataFrame) -> Result<Table> {
         let schema = Arc::new(df.schema().as_arrow().clone());
-        let batches = self
-            .block_on(df.collect())
-            .ctx("collecting a DataFrame")?;
+        let batches = self.block_on(df.collect()).ctx("collecting a DataFrame")?;
         Table::try_new(schema, batches)
     }
 }

@@ -91,7 +91,10 @@ impl DistTable {
         let schema_bytes = match (&table, comm.rank() == root) {
             (Some(t), true) => ipc::encode_schema(t.schema())?,
             (None, true) => {
-                return Err(FrameError::invalid("scatter", "the root rank must pass a table"))
+                return Err(FrameError::invalid(
+                    "scatter",
+                    "the root rank must pass a table",
+                ))
             }
             _ => bytes::Bytes::new(),
         };
@@ -227,7 +230,12 @@ impl DistTable {
 
     /// Distributed join (shuffle both sides, join locally).
     pub fn join(&self, right: &DistTable, options: &JoinOptions) -> Result<DistTable> {
-        Ok(self.wrap(dist::join(self.comm.as_ref(), &self.part, &right.part, options)?))
+        Ok(self.wrap(dist::join(
+            self.comm.as_ref(),
+            &self.part,
+            &right.part,
+            options,
+        )?))
     }
 
     /// Distributed sample sort: partitions sorted, rank `r`'s keys `<=` rank
@@ -253,7 +261,11 @@ impl DistTable {
 
     /// Distributed intersection (distinct).
     pub fn intersect(&self, other: &DistTable) -> Result<DistTable> {
-        Ok(self.wrap(dist::intersect(self.comm.as_ref(), &self.part, &other.part)?))
+        Ok(self.wrap(dist::intersect(
+            self.comm.as_ref(),
+            &self.part,
+            &other.part,
+        )?))
     }
 
     /// Distributed difference (distinct).

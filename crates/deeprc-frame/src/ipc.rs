@@ -14,8 +14,17 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 
 /// Encodes `batches` of `schema` as one Arrow IPC stream.
 pub fn encode_batches(schema: &Schema, batches: &[RecordBatch]) -> Result<Bytes> {
-    let cap: usize = batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>() + 1024;
-    let mut w = StreamWriter::try_new(Vec::with_capacity(cap), schema).ctx("starting an IPC stream")?;
+    // Capacity from the sliced sizes (a slice reports its whole buffers in
+    // `get_array_memory_size`).
+    let cap: usize = batches
+        .iter()
+        .flat_map(|b| b.columns())
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .sum::<usize>()
+        + 64 * batches.len()
+        + 1024;
+    let mut w =
+        StreamWriter::try_new(Vec::with_capacity(cap), schema).ctx("starting an IPC stream")?;
     for b in batches {
         w.write(b).ctx("writing a batch to an IPC stream")?;
     }

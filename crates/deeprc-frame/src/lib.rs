@@ -19,6 +19,7 @@
 //!   the table as a whole.
 //!
 //! ```
+//! use deeprc_comm::Communicator;
 //! use deeprc_frame::{DistTable, Table, Agg};
 //! use deeprc_frame::arrow::array::{ArrayRef, Int64Array, Float64Array};
 //! use std::sync::Arc;
@@ -57,10 +58,10 @@ pub use error::{FrameError, Result};
 pub use local::{Agg, AggFunc, JoinAlgorithm, JoinOptions, JoinType, Keep, SortKey, UniqueOptions};
 pub use table::{NativeColumn, Table};
 
-/// The Arrow crate this crate uses (DataFusion's).
-pub use datafusion::arrow;
 /// DataFusion.
 pub use datafusion;
+/// The Arrow crate this crate uses (DataFusion's).
+pub use datafusion::arrow;
 /// The Parquet crate this crate uses (DataFusion's).
 pub use datafusion::parquet;
 

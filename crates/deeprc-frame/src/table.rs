@@ -65,6 +65,45 @@ impl Table {
         })
     }
 
+    /// The same columns under `schema`, which may rename them (types must
+    /// match by position; no copy).
+    ///
+    /// # Errors
+    /// [`FrameError::IncompatibleSchemas`] when the number or types of columns differ.
+    pub fn with_schema(&self, schema: SchemaRef) -> Result<Table> {
+        let (a, b) = (self.schema.fields(), schema.fields());
+        if a.len() != b.len() {
+            return Err(FrameError::IncompatibleSchemas {
+                op: "Table::with_schema",
+                column: String::new(),
+                detail: format!("{} columns vs {}", a.len(), b.len()),
+            });
+        }
+        for (x, y) in a.iter().zip(b.iter()) {
+            if x.data_type() != y.data_type() {
+                return Err(FrameError::IncompatibleSchemas {
+                    op: "Table::with_schema",
+                    column: x.name().clone(),
+                    detail: format!("type {} vs {}", x.data_type(), y.data_type()),
+                });
+            }
+        }
+        let batches = self
+            .batches
+            .iter()
+            .map(|b| {
+                RecordBatch::try_new_with_options(
+                    Arc::clone(&schema),
+                    b.columns().to_vec(),
+                    &datafusion::arrow::array::RecordBatchOptions::new()
+                        .with_row_count(Some(b.num_rows())),
+                )
+                .ctx("relabelling a batch")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Table { schema, batches })
+    }
+
     /// An empty table of `schema`.
     pub fn empty(schema: SchemaRef) -> Self {
         Self {
@@ -136,7 +175,11 @@ impl Table {
 
     /// The column names, in order.
     pub fn column_names(&self) -> Vec<String> {
-        self.schema.fields().iter().map(|f| f.name().clone()).collect()
+        self.schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect()
     }
 
     /// The position of column `name`, or [`FrameError::ColumnNotFound`].
@@ -228,9 +271,11 @@ impl Table {
 
     /// The table formatted as a text grid (for printing small tables).
     pub fn pretty(&self) -> Result<String> {
-        Ok(datafusion::arrow::util::pretty::pretty_format_batches(&self.batches)
-            .ctx("formatting a table")?
-            .to_string())
+        Ok(
+            datafusion::arrow::util::pretty::pretty_format_batches(&self.batches)
+                .ctx("formatting a table")?
+                .to_string(),
+        )
     }
 
     // ---- local operators (see `crate::local`) ----
@@ -385,12 +430,8 @@ pub(crate) fn first_difference(a: &Schema, b: &Schema) -> Option<(String, String
                     ));
                 }
             }
-            (Some(x), None) => {
-                return Some((x.name().clone(), "missing on the other side".into()))
-            }
-            (None, Some(y)) => {
-                return Some((y.name().clone(), "missing on this side".into()))
-            }
+            (Some(x), None) => return Some((x.name().clone(), "missing on the other side".into())),
+            (None, Some(y)) => return Some((y.name().clone(), "missing on this side".into())),
             (None, None) => unreachable!(),
         }
     }
@@ -428,8 +469,9 @@ native_column!(
 impl NativeColumn for String {
     fn from_array(array: &ArrayRef) -> Result<Vec<Option<Self>>> {
         use datafusion::arrow::array::AsArray;
-        let cast = datafusion::arrow::compute::cast(array, &datafusion::arrow::datatypes::DataType::Utf8)
-            .ctx("casting a column to text")?;
+        let cast =
+            datafusion::arrow::compute::cast(array, &datafusion::arrow::datatypes::DataType::Utf8)
+                .ctx("casting a column to text")?;
         Ok(cast
             .as_string::<i32>()
             .iter()
@@ -441,8 +483,11 @@ impl NativeColumn for String {
 impl NativeColumn for bool {
     fn from_array(array: &ArrayRef) -> Result<Vec<Option<Self>>> {
         use datafusion::arrow::array::AsArray;
-        let cast = datafusion::arrow::compute::cast(array, &datafusion::arrow::datatypes::DataType::Boolean)
-            .ctx("casting a column to bool")?;
+        let cast = datafusion::arrow::compute::cast(
+            array,
+            &datafusion::arrow::datatypes::DataType::Boolean,
+        )
+        .ctx("casting a column to bool")?;
         Ok(cast.as_boolean().iter().collect())
     }
 }

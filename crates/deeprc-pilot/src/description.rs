@@ -41,7 +41,10 @@ pub struct PilotDescription {
     pub worker_executable: Option<PathBuf>,
     /// How long a worker process may take to start and connect.
     pub worker_start_timeout: Duration,
-    /// Where task sandboxes go (default: the session's sandbox).
+    /// Where task sandboxes go: `<sandbox>/<session id>/<pilot id>/<task
+    /// id>` (default: under the session's sandbox). A local or in-memory
+    /// file system makes executables faster to start: each gets a
+    /// directory and two output files.
     pub sandbox: Option<PathBuf>,
     /// Pin ranks to their cores (CPU affinity). Default `true`.
     pub pin_cpus: bool,
@@ -65,7 +68,11 @@ impl fmt::Debug for PilotDescription {
             .field("pin_cpus", &self.pin_cpus)
             .field(
                 "launch_methods",
-                &self.launch_methods.iter().map(|m| m.name().to_string()).collect::<Vec<_>>(),
+                &self
+                    .launch_methods
+                    .iter()
+                    .map(|m| m.name().to_string())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }

@@ -14,7 +14,9 @@ use deeprc_core::{Resources, TaskId};
 #[non_exhaustive]
 pub enum PilotError {
     /// A task asks for more than the pilot can ever give it.
-    #[error("task {task} asks for {asked} ({detail}), more than pilot {pilot} holds ({available})")]
+    #[error(
+        "task {task} asks for {asked} ({detail}), more than pilot {pilot} holds ({available})"
+    )]
     InsufficientResources {
         /// The task (its name, or its position in the submitted batch).
         task: String,

@@ -8,9 +8,9 @@
 //! | event | when | duration |
 //! |---|---|---|
 //! | `state.new`, `state.scheduling`, `state.executing`, `state.done` / `state.failed` / `state.canceled` | each transition (every attempt) | – |
-//! | `exec.start` (attr `placement`) | the payload started | – |
+//! | `comm.create` | the communicator creation started | its creation time |
+//! | `exec.start` (attr `placement`) | the payload started (its communicator made) | – |
 //! | `exec.stop` | the payload ended | from `exec.start` |
-//! | `comm.create` | the communicator was made | its creation time |
 //! | `schedule.place` | the scheduler placed the task | its decision time |
 
 use crate::{Placement, TaskState, Timestamps};
@@ -44,7 +44,11 @@ impl PlacementRecord {
     pub(crate) fn from_placement(p: Option<&Arc<Placement>>) -> Self {
         match p {
             None => PlacementRecord::None,
-            Some(p) if p.ranks.len() == 1 && p.ranks[0].cores.len() == 1 && p.ranks[0].gpus.is_empty() => {
+            Some(p)
+                if p.ranks.len() == 1
+                    && p.ranks[0].cores.len() == 1
+                    && p.ranks[0].gpus.is_empty() =>
+            {
                 PlacementRecord::Single {
                     node: p.ranks[0].node as u32,
                     core: p.ranks[0].cores[0] as u32,
@@ -115,7 +119,11 @@ pub struct TaskRecord {
 impl TaskRecord {
     /// Every state transition, earlier attempts included.
     pub fn transitions(&self) -> Vec<(TaskState, u64)> {
-        let mut v: Vec<(TaskState, u64)> = self.history.as_deref().map(<[_]>::to_vec).unwrap_or_default();
+        let mut v: Vec<(TaskState, u64)> = self
+            .history
+            .as_deref()
+            .map(<[_]>::to_vec)
+            .unwrap_or_default();
         if v.is_empty() && self.ts.new != 0 {
             v.push((TaskState::New, self.ts.new));
         }
@@ -171,10 +179,14 @@ impl TaskRecord {
         }
         if self.ts.exec_start != 0 {
             let mut r = base(self.ts.exec_start, "exec.start");
-            r.attrs.push(("placement".into(), self.placement.to_string()));
+            r.attrs
+                .push(("placement".into(), self.placement.to_string()));
             out.push(r);
             if self.comm_ns != 0 {
-                let mut c = base(self.ts.exec_start, "comm.create");
+                let mut c = base(
+                    self.ts.exec_start.saturating_sub(self.comm_ns),
+                    "comm.create",
+                );
                 c.duration_ns = Some(self.comm_ns);
                 out.push(c);
             }
@@ -214,7 +226,8 @@ impl Stats {
         values_ns.sort_unstable();
         let n = values_ns.len();
         let s = |v: u64| v as f64 * 1e-9;
-        let pick = |q: f64| s(values_ns[((n - 1) as f64 * q).round() as usize]);
+        // Nearest-rank percentiles.
+        let pick = |q: f64| s(values_ns[((q * n as f64).ceil() as usize).clamp(1, n) - 1]);
         Stats {
             count: n,
             mean: values_ns.iter().map(|&v| v as f64).sum::<f64>() / n as f64 * 1e-9,
@@ -275,8 +288,8 @@ pub struct Summary {
     pub launch_overhead: Stats,
     /// Payload end -> final state: collection of the result.
     pub completion_overhead: Stats,
-    /// Whole lifetime minus payload time (communicator creation counts as
-    /// overhead), DONE tasks.
+    /// Whole lifetime minus payload time (so communicator creation counts
+    /// as overhead), DONE tasks.
     pub task_overhead: Stats,
     /// Communicator creation of multi-rank function tasks.
     pub comm_creation: Stats,
@@ -293,7 +306,12 @@ impl Summary {
         if records.is_empty() {
             return Summary::default();
         }
-        let first = records.iter().map(|r| r.ts.new).filter(|&t| t != 0).min().unwrap_or(0);
+        let first = records
+            .iter()
+            .map(|r| r.ts.new)
+            .filter(|&t| t != 0)
+            .min()
+            .unwrap_or(0);
         let last = records.iter().map(|r| r.ts.finished).max().unwrap_or(0);
         let span = last.saturating_sub(first) as f64 * 1e-9;
         let count = |s: TaskState| records.iter().filter(|r| r.state == s).count();
@@ -302,15 +320,25 @@ impl Summary {
             .filter(|r| r.ts.executing != 0 && r.ts.exec_start != 0)
             .collect();
         let diff = |a: u64, b: u64| b.saturating_sub(a);
-        let busy_cores: f64 = ran.iter().map(|r| r.exec_time().as_secs_f64() * f64::from(r.cores)).sum();
-        let busy_gpus: f64 = ran.iter().map(|r| r.exec_time().as_secs_f64() * f64::from(r.gpus)).sum();
+        let busy_cores: f64 = ran
+            .iter()
+            .map(|r| r.exec_time().as_secs_f64() * f64::from(r.cores))
+            .sum();
+        let busy_gpus: f64 = ran
+            .iter()
+            .map(|r| r.exec_time().as_secs_f64() * f64::from(r.gpus))
+            .sum();
         Summary {
             tasks: records.len(),
             done: count(TaskState::Done),
             failed: count(TaskState::Failed),
             canceled: count(TaskState::Canceled),
             span_s: span,
-            throughput: if span > 0.0 { records.len() as f64 / span } else { 0.0 },
+            throughput: if span > 0.0 {
+                records.len() as f64 / span
+            } else {
+                0.0
+            },
             queue_wait: Stats::from_ns(
                 records
                     .iter()
@@ -319,7 +347,11 @@ impl Summary {
                     .collect(),
             ),
             scheduling_overhead: Stats::from_ns(ran.iter().map(|r| r.placement_ns).collect()),
-            launch_overhead: Stats::from_ns(ran.iter().map(|r| diff(r.ts.executing, r.ts.exec_start)).collect()),
+            launch_overhead: Stats::from_ns(
+                ran.iter()
+                    .map(|r| diff(r.ts.executing, r.ts.exec_start))
+                    .collect(),
+            ),
             completion_overhead: Stats::from_ns(
                 ran.iter()
                     .filter(|r| r.ts.exec_end != 0)
@@ -330,8 +362,8 @@ impl Summary {
                 ran.iter()
                     .filter(|r| r.state == TaskState::Done)
                     .map(|r| {
-                        let payload = (r.exec_time().as_nanos() as u64).saturating_sub(r.comm_ns);
-                        diff(r.ts.new, r.ts.finished).saturating_sub(payload)
+                        diff(r.ts.new, r.ts.finished)
+                            .saturating_sub(r.exec_time().as_nanos() as u64)
                     })
                     .collect(),
             ),
@@ -398,7 +430,11 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> crate::PilotError + '_ {
 }
 
 /// Writes records (and session events) as JSON Lines.
-pub(crate) fn write_jsonl(path: &Path, session: &[ProfileRecord], records: &[TaskRecord]) -> crate::Result<()> {
+pub(crate) fn write_jsonl(
+    path: &Path,
+    session: &[ProfileRecord],
+    records: &[TaskRecord],
+) -> crate::Result<()> {
     let err = io_err(path);
     let mut out = BufWriter::new(std::fs::File::create(path).map_err(&err)?);
     let mut line = |r: &ProfileRecord| -> std::io::Result<()> {
@@ -426,7 +462,11 @@ fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Writes records (and session events) as CSV, in the columns of
 /// `deeprc_core::Profiler::write_csv`.
-pub(crate) fn write_csv(path: &Path, session: &[ProfileRecord], records: &[TaskRecord]) -> crate::Result<()> {
+pub(crate) fn write_csv(
+    path: &Path,
+    session: &[ProfileRecord],
+    records: &[TaskRecord],
+) -> crate::Result<()> {
     let err = io_err(path);
     let mut out = BufWriter::new(std::fs::File::create(path).map_err(&err)?);
     writeln!(out, "timestamp_ns,entity,event,duration_ns,attrs").map_err(&err)?;
@@ -463,20 +503,27 @@ pub(crate) struct TracePilot {
 /// one process per pilot node, one thread per core, one complete event
 /// per task rank and core from payload start to end, plus the task's
 /// waiting time as an async slice.
-pub(crate) fn write_chrome_trace(path: &Path, pilots: &[TracePilot], records: &[TaskRecord], origin_ns: u64) -> crate::Result<()> {
+pub(crate) fn write_chrome_trace(
+    path: &Path,
+    pilots: &[TracePilot],
+    records: &[TaskRecord],
+    origin_ns: u64,
+) -> crate::Result<()> {
     let err = io_err(path);
     let mut out = BufWriter::new(std::fs::File::create(path).map_err(&err)?);
     let us = |ns: u64| ns.saturating_sub(origin_ns) as f64 / 1000.0;
     let pid = |pilot: usize, node: usize| pilot * 10_000 + node;
     let mut first = true;
-    let mut ev = |out: &mut BufWriter<std::fs::File>, v: serde_json::Value| -> std::io::Result<()> {
-        if !first {
-            out.write_all(b",\n")?;
-        }
-        first = false;
-        serde_json::to_writer(out, &v).map_err(std::io::Error::other)
-    };
-    out.write_all(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n").map_err(&err)?;
+    let mut ev =
+        |out: &mut BufWriter<std::fs::File>, v: serde_json::Value| -> std::io::Result<()> {
+            if !first {
+                out.write_all(b",\n")?;
+            }
+            first = false;
+            serde_json::to_writer(out, &v).map_err(std::io::Error::other)
+        };
+    out.write_all(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n")
+        .map_err(&err)?;
     for (pi, p) in pilots.iter().enumerate() {
         for (ni, (name, cores)) in p.nodes.iter().enumerate() {
             ev(
@@ -499,7 +546,11 @@ pub(crate) fn write_chrome_trace(path: &Path, pilots: &[TracePilot], records: &[
         if r.ts.exec_start == 0 {
             continue;
         }
-        let end = if r.ts.exec_end != 0 { r.ts.exec_end } else { r.ts.finished };
+        let end = if r.ts.exec_end != 0 {
+            r.ts.exec_end
+        } else {
+            r.ts.finished
+        };
         let dur = us(end) - us(r.ts.exec_start);
         for (node, core) in r.placement.cores() {
             ev(
@@ -546,8 +597,20 @@ mod tests {
     }
 
     #[test]
+    fn records_stay_compact() {
+        assert!(
+            std::mem::size_of::<TaskRecord>() <= 168,
+            "{}",
+            std::mem::size_of::<TaskRecord>()
+        );
+    }
+
+    #[test]
     fn summary_and_events() {
-        let rs = vec![rec(1, 1_000, (1_100, 1_000_000_000), 1_000_000_100), rec(2, 1_000, (1_100, 1_100), 2_000_000_000)];
+        let rs = vec![
+            rec(1, 1_000, (1_100, 1_000_000_000), 1_000_000_100),
+            rec(2, 1_000, (1_100, 1_100), 2_000_000_000),
+        ];
         let s = Summary::compute(&rs, 2, 0.0);
         assert_eq!(s.tasks, 2);
         assert!((s.span_s - 2.0).abs() < 1e-6);
@@ -558,7 +621,15 @@ mod tests {
         let names: Vec<&str> = ev.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(
             names,
-            vec!["state.new", "state.scheduling", "state.executing", "schedule.place", "exec.start", "exec.stop", "state.done"]
+            vec![
+                "state.new",
+                "state.scheduling",
+                "state.executing",
+                "schedule.place",
+                "exec.start",
+                "exec.stop",
+                "state.done"
+            ]
         );
         assert!(s.to_string().contains("tasks/s"));
         assert_eq!(Stats::from_ns(vec![3, 1, 2]).p50, 2e-9);

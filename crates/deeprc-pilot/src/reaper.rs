@@ -114,7 +114,10 @@ impl Reaper {
             {
                 let mut st = self.lock();
                 while st.children.is_empty() {
-                    st = self.changed.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    st = self
+                        .changed
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner);
                 }
             }
             match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
@@ -168,10 +171,13 @@ impl Reaper {
                 let done: Vec<u32> = st
                     .children
                     .iter_mut()
-                    .filter(|(_, w)| !matches!(w.child.try_wait(), Ok(None)))
-                    .map(|(&pid, _)| pid)
+                    .filter_map(|(&pid, w)| {
+                        (!matches!(w.child.try_wait(), Ok(None))).then_some(pid)
+                    })
                     .collect();
-                done.iter().filter_map(|pid| st.children.remove(pid)).collect()
+                done.iter()
+                    .filter_map(|pid| st.children.remove(pid))
+                    .collect()
             };
             for w in exited {
                 Self::finish(w);
@@ -219,7 +225,9 @@ mod tests {
                 )
                 .unwrap();
         }
-        let mut got: Vec<Option<i32>> = (0..2).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+        let mut got: Vec<Option<i32>> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
         got.sort();
         assert_eq!(got, vec![Some(0), Some(3)]);
         // The foreign child is still ours to reap.

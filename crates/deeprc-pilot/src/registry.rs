@@ -17,9 +17,8 @@ use std::{
 
 /// The stored form of a function: raw argument bytes in, raw result bytes
 /// or an error message out.
-pub(crate) type RawFn = dyn Fn(&TaskContext, &[u8]) -> std::result::Result<Vec<u8>, String>
-    + Send
-    + Sync;
+pub(crate) type RawFn =
+    dyn Fn(&TaskContext, &[u8]) -> std::result::Result<Vec<u8>, String> + Send + Sync;
 
 /// A registered function with its interned name.
 #[derive(Clone)]
@@ -48,7 +47,9 @@ pub struct Registry {
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry").field("functions", &self.names()).finish()
+        f.debug_struct("Registry")
+            .field("functions", &self.names())
+            .finish()
     }
 }
 

@@ -214,9 +214,12 @@ mod tests {
         assert_eq!(nodes[1].cores, 1);
         assert_eq!(nodes[1].gpus, 1);
         assert_eq!(nodes[1].gpu_ids.len(), 1);
-        let bad = LocalResources.acquire(&PilotDescription::local().nodes(1, "1c,0.5g".parse().unwrap()));
+        let bad =
+            LocalResources.acquire(&PilotDescription::local().nodes(1, "1c,0.5g".parse().unwrap()));
         assert!(matches!(bad, Err(PilotError::InvalidPilot { .. })));
-        let one = LocalResources.acquire(&PilotDescription::local().cores(3)).unwrap();
+        let one = LocalResources
+            .acquire(&PilotDescription::local().cores(3))
+            .unwrap();
         assert_eq!(one[0].cores, 3);
     }
 }

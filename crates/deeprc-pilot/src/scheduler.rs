@@ -179,7 +179,11 @@ impl SlotMap {
 
     /// Allocates rank by rank; `node_for(rank)` forces a node or lets the
     /// first fitting node take it. Rolls back on failure.
-    fn place_ranks(&mut self, s: &Shape, node_for: impl Fn(usize) -> Option<usize>) -> Option<Placement> {
+    fn place_ranks(
+        &mut self,
+        s: &Shape,
+        node_for: impl Fn(usize) -> Option<usize>,
+    ) -> Option<Placement> {
         let mut ranks: Vec<RankPlacement> = Vec::with_capacity(s.ranks);
         for r in 0..s.ranks {
             let got = match node_for(r) {
@@ -224,7 +228,10 @@ impl SlotMap {
         let max_mem = nodes.iter().map(|n| n.memory_bytes).max().unwrap_or(0);
         let total_cores: usize = nodes.iter().map(|n| n.cores).sum();
         Some(if s.cores > max_cores {
-            format!("a rank needs {} cores, the largest node has {max_cores}", s.cores)
+            format!(
+                "a rank needs {} cores, the largest node has {max_cores}",
+                s.cores
+            )
         } else if s.gpu_units > 0 && max_gpus == 0 {
             "a rank needs a GPU, the pilot has none".to_string()
         } else if s.gpu_units > GPU_UNITS * max_gpus as u32 {
@@ -233,7 +240,10 @@ impl SlotMap {
                 f64::from(s.gpu_units) / f64::from(GPU_UNITS)
             )
         } else if s.mem > max_mem {
-            format!("a rank needs {} bytes of memory, the largest node has {max_mem}", s.mem)
+            format!(
+                "a rank needs {} bytes of memory, the largest node has {max_mem}",
+                s.mem
+            )
         } else if s.ranks * s.cores > total_cores {
             format!(
                 "{} ranks x {} cores = {} cores, the pilot has {total_cores}",
@@ -286,7 +296,10 @@ mod tests {
         assert!(b.ranks.iter().all(|r| r.node == 1));
         // 3 ranks fill node 0.
         let c = m.try_place(&shape(3, 1, 0.0, false)).unwrap();
-        assert_eq!(c.ranks.iter().map(|r| r.cores[0]).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(
+            c.ranks.iter().map(|r| r.cores[0]).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
         assert_eq!(m.free_cores(), 0);
         assert!(m.try_place(&shape(1, 1, 0.0, true)).is_none());
         m.release(&b);
@@ -304,9 +317,11 @@ mod tests {
         let p = m.try_place(&shape(2, 1, 0.0, true)).unwrap();
         assert_eq!(p.nodes(), vec![0, 1]);
         assert!(SlotMap::never_fits(&nodes(2, 1, 0), &shape(2, 1, 0.0, false)).is_some());
-        assert!(SlotMap::never_fits(&nodes(2, 1, 0), &shape(1, 2, 0.0, true))
-            .unwrap()
-            .contains("largest node has 1"));
+        assert!(
+            SlotMap::never_fits(&nodes(2, 1, 0), &shape(1, 2, 0.0, true))
+                .unwrap()
+                .contains("largest node has 1")
+        );
     }
 
     #[test]

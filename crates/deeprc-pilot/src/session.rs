@@ -48,13 +48,21 @@ struct DepInner {
 
 impl DepTable {
     /// The final state of `dep`, or registers `(pilot, tx)` to be told.
-    pub(crate) fn watch(&self, dep: TaskId, pilot: u32, tx: &Sender<AgentEvent>) -> Option<TaskState> {
+    pub(crate) fn watch(
+        &self,
+        dep: TaskId,
+        pilot: u32,
+        tx: &Sender<AgentEvent>,
+    ) -> Option<TaskState> {
         let mut g = lock(&self.inner);
         let code = g.finals.get(dep.0 as usize).copied().unwrap_or(0);
         if code != 0 {
             return TaskState::from_index(code);
         }
-        g.watchers.entry(dep.0).or_default().push((pilot, tx.clone()));
+        g.watchers
+            .entry(dep.0)
+            .or_default()
+            .push((pilot, tx.clone()));
         None
     }
 
@@ -132,13 +140,16 @@ impl SessionBuilder {
         self
     }
 
-    /// The root of the task sandboxes (default: `$TMPDIR/deeprc-pilot/<session id>`).
+    /// The directory under which the session's sandbox `<root>/<session
+    /// id>` is made (default: `$TMPDIR/deeprc-pilot`); task sandboxes are
+    /// `<root>/<session id>/<pilot id>/<task id>`.
     pub fn sandbox(mut self, dir: impl Into<PathBuf>) -> Self {
         self.sandbox = Some(dir.into());
         self
     }
 
-    /// Write the profile into `dir` when the session closes.
+    /// Write the profile into `dir` when the session closes (default: the
+    /// directory in `DEEPRC_PILOT_PROFILE_DIR` if set, else none).
     pub fn profile_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.profile_dir = Some(dir.into());
         self
@@ -154,19 +165,41 @@ impl SessionBuilder {
     /// Creates the session.
     pub fn build(self) -> Result<Session> {
         let created_ns = now_ns();
-        let id = format!("deeprc.session.{}.{:06}", std::process::id(), (created_ns / 1000) % 1_000_000);
-        let sandbox = match self.sandbox {
-            Some(s) => s,
-            None => std::env::temp_dir().join("deeprc-pilot").join(&id),
-        };
-        std::fs::create_dir_all(&sandbox)
-            .map_err(|e| PilotError::io(format!("creating the session sandbox {}", sandbox.display()), e))?;
+        // Unique across processes and runs: time, pid and a counter.
+        static SESSIONS: AtomicU64 = AtomicU64::new(0);
+        let id = format!(
+            "deeprc.session.{}.{}.{:04}",
+            created_ns / 1_000_000_000,
+            std::process::id(),
+            SESSIONS.fetch_add(1, Ordering::Relaxed)
+        );
+        let sandbox = self
+            .sandbox
+            .unwrap_or_else(|| std::env::temp_dir().join("deeprc-pilot"))
+            .join(&id);
+        std::fs::create_dir_all(&sandbox).map_err(|e| {
+            PilotError::io(
+                format!("creating the session sandbox {}", sandbox.display()),
+                e,
+            )
+        })?;
         // Sockets and rendezvous stores: short paths, in memory when possible.
         let shm = Path::new("/dev/shm");
-        let runtime_root = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
-        let runtime = runtime_root.join(format!("deeprc-{}", sys::random_token().get(..12).unwrap_or("x")));
-        std::fs::create_dir_all(&runtime)
-            .map_err(|e| PilotError::io(format!("creating the runtime directory {}", runtime.display()), e))?;
+        let runtime_root = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let runtime = runtime_root.join(format!(
+            "deeprc-{}",
+            sys::random_token().get(..12).unwrap_or("x")
+        ));
+        std::fs::create_dir_all(&runtime).map_err(|e| {
+            PilotError::io(
+                format!("creating the runtime directory {}", runtime.display()),
+                e,
+            )
+        })?;
         let mut providers: HashMap<String, Arc<dyn ResourceProvider>> = HashMap::new();
         providers.insert("local".to_string(), Arc::new(LocalResources));
         let shared = Arc::new(SessionShared {
@@ -174,7 +207,9 @@ impl SessionBuilder {
             registry: Arc::new(self.registry.unwrap_or_default()),
             sandbox,
             runtime,
-            profile_dir: self.profile_dir,
+            profile_dir: self
+                .profile_dir
+                .or_else(|| std::env::var_os("DEEPRC_PILOT_PROFILE_DIR").map(PathBuf::from)),
             keep_records: self.keep_records.unwrap_or(true),
             next_task: AtomicU64::new(1),
             next_tmgr: AtomicU64::new(0),
@@ -188,7 +223,9 @@ impl SessionBuilder {
             closed: AtomicBool::new(false),
             created_ns,
         });
-        shared.events.push(ProfileRecord::now(shared.id.clone(), "session.start"));
+        shared
+            .events
+            .push(ProfileRecord::now(shared.id.clone(), "session.start"));
         Ok(Session { shared })
     }
 }
@@ -220,7 +257,9 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("id", &self.shared.id).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("id", &self.shared.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -245,7 +284,7 @@ impl Session {
         &self.shared.registry
     }
 
-    /// The root of the task sandboxes.
+    /// The session's sandbox (`<root>/<session id>`), parent of the pilots'.
     pub fn sandbox(&self) -> &Path {
         &self.shared.sandbox
     }
@@ -289,7 +328,9 @@ impl Session {
     pub fn summary(&self) -> Summary {
         let (cores, gpus) = lock(&self.shared.pilots)
             .iter()
-            .fold((0usize, 0f64), |(c, g), p| (c + p.total.cores, g + p.total.gpus));
+            .fold((0usize, 0f64), |(c, g), p| {
+                (c + p.total.cores, g + p.total.gpus)
+            });
         Summary::compute(&lock(&self.shared.records), cores, gpus)
     }
 
@@ -315,7 +356,8 @@ impl Drop for Session {
 }
 
 fn write_profile(s: &SessionShared, dir: &Path) -> Result<ProfileFiles> {
-    std::fs::create_dir_all(dir).map_err(|e| PilotError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| PilotError::io(format!("creating {}", dir.display()), e))?;
     let files = ProfileFiles {
         jsonl: dir.join("profile.jsonl"),
         csv: dir.join("profile.csv"),
@@ -323,9 +365,9 @@ fn write_profile(s: &SessionShared, dir: &Path) -> Result<ProfileFiles> {
         summary: dir.join("summary.json"),
     };
     let pilots: Vec<Arc<PilotShared>> = lock(&s.pilots).clone();
-    let (cores, gpus) = pilots
-        .iter()
-        .fold((0usize, 0f64), |(c, g), p| (c + p.total.cores, g + p.total.gpus));
+    let (cores, gpus) = pilots.iter().fold((0usize, 0f64), |(c, g), p| {
+        (c + p.total.cores, g + p.total.gpus)
+    });
     let records = lock(&s.records);
     let events = s.events.snapshot();
     profile::write_jsonl(&files.jsonl, &events, &records)?;
@@ -358,15 +400,24 @@ fn close_session(s: &Arc<SessionShared>) -> Result<Summary> {
     for p in &pilots {
         stop_pilot(p, PilotState::Done);
     }
-    s.events.push(ProfileRecord::now(s.id.clone(), "session.close"));
+    s.events
+        .push(ProfileRecord::now(s.id.clone(), "session.close"));
     let written = match &s.profile_dir {
         Some(dir) => write_profile(s, dir).map(|_| ()),
         None => Ok(()),
     };
     let _ = std::fs::remove_dir_all(&s.runtime);
-    let (cores, gpus) = pilots
-        .iter()
-        .fold((0usize, 0f64), |(c, g), p| (c + p.total.cores, g + p.total.gpus));
+    // Sandboxes stay when tasks left files in them; empty ones go.
+    for p in &pilots {
+        let _ = std::fs::remove_dir(&p.sandbox);
+        if let Some(parent) = p.sandbox.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+    let _ = std::fs::remove_dir(&s.sandbox);
+    let (cores, gpus) = pilots.iter().fold((0usize, 0f64), |(c, g), p| {
+        (c + p.total.cores, g + p.total.gpus)
+    });
     let summary = Summary::compute(&lock(&s.records), cores, gpus);
     written.map(|()| summary)
 }
@@ -384,7 +435,8 @@ fn stop_pilot(p: &Arc<PilotShared>, end: PilotState) {
         let _ = h.join();
     }
     p.provider.release(&p.nodes);
-    p.session_events.push(ProfileRecord::now(p.id.clone(), "pilot.stop"));
+    p.session_events
+        .push(ProfileRecord::now(p.id.clone(), "pilot.stop"));
 }
 
 /// A pilot as its agent, the managers and the tasks share it.
@@ -426,7 +478,9 @@ pub struct PilotManager {
 
 impl fmt::Debug for PilotManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PilotManager").field("session", &self.session.id).finish()
+        f.debug_struct("PilotManager")
+            .field("session", &self.session.id)
+            .finish()
     }
 }
 
@@ -458,15 +512,24 @@ impl PilotManager {
         let mut pilots = lock(&s.pilots);
         let index = pilots.len() as u32;
         let id = format!("pilot.{index:04}");
-        let sandbox = desc.sandbox.clone().unwrap_or_else(|| s.sandbox.clone()).join(&id);
-        std::fs::create_dir_all(&sandbox)
-            .map_err(|e| PilotError::io(format!("creating the pilot sandbox {}", sandbox.display()), e))?;
+        let sandbox = match &desc.sandbox {
+            Some(root) => root.join(&s.id),
+            None => s.sandbox.clone(),
+        }
+        .join(&id);
+        std::fs::create_dir_all(&sandbox).map_err(|e| {
+            PilotError::io(
+                format!("creating the pilot sandbox {}", sandbox.display()),
+                e,
+            )
+        })?;
         let runtime = s.runtime.join(format!("p{index}"));
         std::fs::create_dir_all(&runtime)
             .map_err(|e| PilotError::io(format!("creating {}", runtime.display()), e))?;
         let worker_exe = match &desc.worker_executable {
             Some(p) => p.clone(),
-            None => std::env::current_exe().map_err(|e| PilotError::io("finding the current executable", e))?,
+            None => std::env::current_exe()
+                .map_err(|e| PilotError::io("finding the current executable", e))?,
         };
         let mut methods: HashMap<String, Arc<dyn LaunchMethod>> = HashMap::new();
         methods.insert("fork".into(), Arc::new(Fork));
@@ -513,7 +576,9 @@ impl PilotManager {
     pub fn pilots(&self) -> Vec<Pilot> {
         lock(&self.session.pilots)
             .iter()
-            .map(|p| Pilot { shared: Arc::clone(p) })
+            .map(|p| Pilot {
+                shared: Arc::clone(p),
+            })
             .collect()
     }
 }
@@ -603,7 +668,10 @@ impl TmgrShared {
         if !self.has_callbacks.load(Ordering::Acquire) {
             return Vec::new();
         }
-        self.callbacks.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.callbacks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -615,7 +683,9 @@ pub struct TaskManager {
 
 impl fmt::Debug for TaskManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskManager").field("id", &self.shared.id).finish()
+        f.debug_struct("TaskManager")
+            .field("id", &self.shared.id)
+            .finish()
     }
 }
 
@@ -647,7 +717,7 @@ impl TaskManager {
     /// Submits one task.
     pub fn submit(&self, desc: TaskDescription) -> Result<Task> {
         let mut v = self.submit_many(vec![desc])?;
-        v.pop().ok_or_else(|| PilotError::NoPilot)
+        v.pop().ok_or(PilotError::NoPilot)
     }
 
     /// Submits a batch: all are accepted or none (the error names the first
@@ -847,7 +917,10 @@ fn prepare(
         return Err(PilotError::invalid(label(), "ranks must be at least 1"));
     }
     if d.cores_per_rank == 0 {
-        return Err(PilotError::invalid(label(), "cores_per_rank must be at least 1"));
+        return Err(PilotError::invalid(
+            label(),
+            "cores_per_rank must be at least 1",
+        ));
     }
     let g = d.gpus_per_rank;
     if !(g.is_finite() && g >= 0.0) || (g > 1.0 && g.fract() != 0.0) {
@@ -857,15 +930,21 @@ fn prepare(
         ));
     }
     if d.timeout.is_some_and(|t| t.is_zero()) {
-        return Err(PilotError::invalid(label(), "a timeout must be longer than zero"));
+        return Err(PilotError::invalid(
+            label(),
+            "a timeout must be longer than zero",
+        ));
     }
     let (name, kind, func, span) = match &d.kind {
         TaskKind::Function(f) => {
-            let entry = s.registry.get(&f.name).ok_or_else(|| PilotError::UnknownFunction {
-                task: label(),
-                name: f.name.clone(),
-                known: s.registry.names().join(", "),
-            })?;
+            let entry = s
+                .registry
+                .get(&f.name)
+                .ok_or_else(|| PilotError::UnknownFunction {
+                    task: label(),
+                    name: f.name.clone(),
+                    known: s.registry.names().join(", "),
+                })?;
             if f.launch == FunctionLaunch::Mpirun {
                 if !cfg!(feature = "mpi") {
                     return Err(PilotError::NotCompiled {
@@ -874,11 +953,12 @@ fn prepare(
                     });
                 }
                 if let Some(m) = pilots[0].methods.get("mpirun") {
-                    m.check().map_err(|reason| PilotError::LauncherUnavailable {
-                        task: label(),
-                        method: "mpirun".into(),
-                        reason,
-                    })?;
+                    m.check()
+                        .map_err(|reason| PilotError::LauncherUnavailable {
+                            task: label(),
+                            method: "mpirun".into(),
+                            reason,
+                        })?;
                 }
             }
             (
@@ -901,13 +981,20 @@ fn prepare(
                     known: known.join(", "),
                 }
             })?;
-            method.check().map_err(|reason| PilotError::LauncherUnavailable {
-                task: label(),
-                method: e.launch_method.clone(),
-                reason,
-            })?;
+            method
+                .check()
+                .map_err(|reason| PilotError::LauncherUnavailable {
+                    task: label(),
+                    method: e.launch_method.clone(),
+                    reason,
+                })?;
             if e.pre_exec.is_empty() {
-                let path_var = e.env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+                let path_var = e
+                    .env
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == "PATH")
+                    .map(|(_, v)| v.as_str());
                 let resolved = match (&e.cwd, program.contains('/') && !program.starts_with('/')) {
                     (Some(cwd), true) => sys::is_executable(&cwd.join(program)).then_some(()),
                     _ => sys::which(program, path_var).map(|_| ()),
@@ -1006,7 +1093,10 @@ fn check_cycles(descs: &[TaskDescription], names: &HashMap<&str, usize>) -> Resu
                     }
                     1 => {
                         let from = stack.iter().position(|&(x, _)| x == w).unwrap_or(0);
-                        let mut tasks: Vec<String> = stack[from..].iter().map(|&(x, _)| descs[x].label(x)).collect();
+                        let mut tasks: Vec<String> = stack[from..]
+                            .iter()
+                            .map(|&(x, _)| descs[x].label(x))
+                            .collect();
                         tasks.push(descs[w].label(w));
                         return Err(PilotError::DependencyCycle { tasks });
                     }
@@ -1035,7 +1125,9 @@ mod tests {
             t
         };
         let descs = vec![d("a", &["c"]), d("b", &["a"]), d("c", &["b"]), d("e", &[])];
-        let names: HashMap<&str, usize> = [("a", 0), ("b", 1), ("c", 2), ("e", 3)].into_iter().collect();
+        let names: HashMap<&str, usize> = [("a", 0), ("b", 1), ("c", 2), ("e", 3)]
+            .into_iter()
+            .collect();
         match check_cycles(&descs, &names) {
             Err(PilotError::DependencyCycle { tasks }) => assert_eq!(tasks.len(), 4),
             other => panic!("expected a cycle, got {other:?}"),

@@ -44,7 +44,10 @@ impl TaskState {
 
     /// `true` for DONE, FAILED and CANCELED.
     pub fn is_final(self) -> bool {
-        matches!(self, TaskState::Done | TaskState::Failed | TaskState::Canceled)
+        matches!(
+            self,
+            TaskState::Done | TaskState::Failed | TaskState::Canceled
+        )
     }
 
     /// The upper-case name RADICAL-Pilot users know (`EXECUTING`).
@@ -202,7 +205,10 @@ mod tests {
         }
         assert!(TaskState::Canceled.is_final() && !TaskState::Executing.is_final());
         assert_eq!(TaskState::Executing.to_string(), "EXECUTING");
-        assert_eq!(FailReason::Signal(9).to_string(), "killed by signal 9 (SIGKILL)");
+        assert_eq!(
+            FailReason::Signal(9).to_string(),
+            "killed by signal 9 (SIGKILL)"
+        );
         assert!(!FailReason::Canceled.is_retryable());
     }
 }

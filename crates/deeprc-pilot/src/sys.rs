@@ -62,8 +62,9 @@ pub(crate) fn detect_gpus() -> usize {
                 .filter(|e| {
                     let n = e.file_name();
                     let n = n.to_string_lossy();
-                    n.strip_prefix("nvidia")
-                        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+                    n.strip_prefix("nvidia").is_some_and(|rest| {
+                        !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
+                    })
                 })
                 .count()
         })
@@ -78,7 +79,12 @@ pub(crate) fn total_memory() -> u64 {
 fn meminfo_field(path: &str, key: &str) -> Option<u64> {
     let s = std::fs::read_to_string(path).ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line[key.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: u64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb * 1024)
 }
 
@@ -117,6 +123,11 @@ pub(crate) fn random_token() -> String {
         }
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The last `lines` lines of a file, reading at most its last 8 KiB.

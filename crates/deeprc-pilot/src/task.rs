@@ -5,7 +5,7 @@ use crate::{
     registry::RawFn,
     scheduler::Shape,
     session::{PilotShared, TmgrShared},
-    FailReason, Placement, PilotError, Result, TaskDescription, TaskKind, TaskState,
+    FailReason, PilotError, Placement, Result, TaskDescription, TaskKind, TaskState,
 };
 use deeprc_core::TaskId;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -26,8 +26,8 @@ pub struct Timestamps {
     pub scheduling: u64,
     /// EXECUTING: placed and handed to the launch method.
     pub executing: u64,
-    /// The payload started (process spawned, function called, after the
-    /// communicator was made for worker processes: see `comm_ns`).
+    /// The payload started: process spawned, or function called (after its
+    /// communicator was made).
     pub exec_start: u64,
     /// The payload ended (last rank).
     pub exec_end: u64,
@@ -147,7 +147,11 @@ impl Task {
                 return s;
             }
             g.waiters += 1;
-            g = self.shared.changed.wait(g).unwrap_or_else(PoisonError::into_inner);
+            g = self
+                .shared
+                .changed
+                .wait(g)
+                .unwrap_or_else(PoisonError::into_inner);
             g.waiters -= 1;
         }
     }
@@ -178,7 +182,11 @@ impl Task {
     /// ([`TaskContext::is_canceled`](crate::TaskContext::is_canceled)). The
     /// task ends CANCELED unless it ends first.
     pub fn cancel(&self) {
-        let _ = self.shared.pilot.tx.send(AgentEvent::Cancel(self.shared.id));
+        let _ = self
+            .shared
+            .pilot
+            .tx
+            .send(AgentEvent::Cancel(self.shared.id));
     }
 
     /// Why it failed or was canceled.
@@ -227,10 +235,12 @@ impl Task {
             )
         };
         match state {
-            TaskState::Done => serde_json::from_slice(&bytes).map_err(|source| PilotError::Encode {
-                context: format!("decoding the result of {}", self.id()),
-                source,
-            }),
+            TaskState::Done => {
+                serde_json::from_slice(&bytes).map_err(|source| PilotError::Encode {
+                    context: format!("decoding the result of {}", self.id()),
+                    source,
+                })
+            }
             s if s.is_final() => Err(PilotError::TaskFailed {
                 task: self.id(),
                 state: s,
@@ -302,7 +312,9 @@ impl Task {
 }
 
 fn read_lossy(p: &Path) -> Option<String> {
-    std::fs::read(p).ok().map(|b| String::from_utf8_lossy(&b).into_owned())
+    std::fs::read(p)
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// The transitions of the current attempt, in order.

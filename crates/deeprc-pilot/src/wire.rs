@@ -78,7 +78,11 @@ impl<'a> Dec<'a> {
     }
 
     fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len()).ok_or_else(short)?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or_else(short)?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)

@@ -65,7 +65,10 @@ pub fn broadcast(comm: &dyn Communicator, table: &Table, root: usize) -> Result<
         } else {
             vec![Vec::new(); n]
         };
-        return Table::try_new(Arc::clone(table.schema()), exchange(comm, table.schema(), parts)?);
+        return Table::try_new(
+            Arc::clone(table.schema()),
+            exchange(comm, table.schema(), parts)?,
+        );
     }
     let payload = if comm.rank() == root {
         ipc::encode(table)?
@@ -95,7 +98,11 @@ pub fn row_counts(comm: &dyn Communicator, table: &Table) -> Result<Vec<u64>> {
 /// # Errors
 /// [`FrameError::InvalidArgument`] when `counts` has the wrong length or
 /// does not add up to the global number of rows.
-pub fn repartition(comm: &dyn Communicator, table: &Table, counts: Option<&[u64]>) -> Result<Table> {
+pub fn repartition(
+    comm: &dyn Communicator,
+    table: &Table,
+    counts: Option<&[u64]>,
+) -> Result<Table> {
     let n = comm.size();
     let have = row_counts(comm, table)?;
     let total: u64 = have.iter().sum();
@@ -149,7 +156,11 @@ pub fn slice(comm: &dyn Communicator, table: &Table, offset: u64, len: u64) -> R
     if lo >= hi {
         return Ok(Table::empty(Arc::clone(table.schema())));
     }
-    Ok(local::slice(table, (lo - my_start) as usize, (hi - lo) as usize))
+    Ok(local::slice(
+        table,
+        (lo - my_start) as usize,
+        (hi - lo) as usize,
+    ))
 }
 
 /// The global number of rows.

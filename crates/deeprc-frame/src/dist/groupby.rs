@@ -4,7 +4,9 @@
 
 use crate::dist::shuffle::{send_all_to, shuffle};
 use crate::error::Result;
-use crate::local::groupby::{check_group_by, group_by as local_group_by, merge_partials, partial_aggregate, Agg};
+use crate::local::groupby::{
+    check_group_by, group_by as local_group_by, merge_partials, partial_aggregate, Agg,
+};
 use crate::local::select::project;
 use crate::table::Table;
 use deeprc_comm::Communicator;
@@ -15,7 +17,12 @@ use deeprc_comm::Communicator;
 ///
 /// # Errors
 /// As [`crate::local::group_by`], on every rank alike.
-pub fn group_by(comm: &dyn Communicator, table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
+pub fn group_by(
+    comm: &dyn Communicator,
+    table: &Table,
+    keys: &[&str],
+    aggs: &[Agg],
+) -> Result<Table> {
     check_group_by(table.schema(), keys, aggs)?;
     if comm.size() == 1 {
         return local_group_by(table, keys, aggs);
@@ -53,6 +60,6 @@ pub fn group_by(comm: &dyn Communicator, table: &Table, keys: &[&str], aggs: &[A
 
 /// An empty partition with the result's schema.
 fn empty_result(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
-    let schema = local_group_by(&table.head(0), keys, aggs)?.schema().clone();
-    Ok(Table::empty(schema))
+    let empty = local_group_by(&table.head(0), keys, aggs)?;
+    Ok(Table::empty(std::sync::Arc::clone(empty.schema())))
 }

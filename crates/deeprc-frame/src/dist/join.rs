@@ -1,26 +1,60 @@
 //! Distributed join: shuffle both sides by their keys, then join locally.
+//!
+//! The shuffle splits each rank's share into cache-sized buckets (by other
+//! bits of the same key hash) and the local join runs bucket by bucket, so
+//! its hash table and the columns it gathers from stay in cache: the one
+//! partitioning pass the shuffle makes anyway replaces random memory
+//! accesses in the join.
 
-use crate::dist::shuffle::shuffle;
+use crate::dist::shuffle::{bucket_exchange, buckets_per_rank, hash_buckets};
 use crate::error::Result;
-use crate::local::join::{check_join_keys, join as local_join, JoinOptions};
+use crate::local::join::{check_join_keys, join as local_join, join_schema, JoinOptions};
 use crate::table::Table;
-use deeprc_comm::Communicator;
+use deeprc_comm::{Communicator, CommunicatorExt, ReduceOp};
+use std::sync::Arc;
 
 /// Joins the distributed tables whose partitions are `left` and `right`
 /// (every join type of [`crate::local::join`]): rows with equal keys meet on
-/// one rank after the shuffle. The result stays distributed.
+/// one rank after the shuffle. The result stays distributed; its row order
+/// is unspecified.
 ///
 /// # Errors
 /// As [`crate::local::join`], on every rank alike (schemas are the same on
 /// every rank); communication errors.
-pub fn join(comm: &dyn Communicator, left: &Table, right: &Table, options: &JoinOptions) -> Result<Table> {
-    check_join_keys(left.schema(), right.schema(), options)?;
-    if comm.size() == 1 {
+pub fn join(
+    comm: &dyn Communicator,
+    left: &Table,
+    right: &Table,
+    options: &JoinOptions,
+) -> Result<Table> {
+    let keys = check_join_keys(left.schema(), right.schema(), options)?;
+    let n = comm.size();
+    let most = left.num_rows().max(right.num_rows()) as u64;
+    let most = if n == 1 {
+        most
+    } else {
+        comm.all_reduce_scalar(most, ReduceOp::Max)?
+    };
+    let per_rank = buckets_per_rank(most);
+    if n == 1 && per_rank == 1 {
         return local_join(left, right, options);
     }
-    let lk: Vec<&str> = options.left_on.iter().map(String::as_str).collect();
-    let rk: Vec<&str> = options.right_on.iter().map(String::as_str).collect();
-    let l = shuffle(comm, left, &lk)?;
-    let r = shuffle(comm, right, &rk)?;
-    local_join(&l, &r, options)
+    let lb = bucket_exchange(comm, left, per_rank, |b| {
+        hash_buckets(b, &keys.left, n, per_rank)
+    })?;
+    let rb = bucket_exchange(comm, right, per_rank, |b| {
+        hash_buckets(b, &keys.right, n, per_rank)
+    })?;
+    let schema = join_schema(left.schema(), right.schema(), options);
+    let mut out = Vec::new();
+    for (l, r) in lb.into_iter().zip(rb) {
+        if l.is_empty() && r.is_empty() {
+            continue;
+        }
+        let lt = Table::try_new(Arc::clone(left.schema()), l)?;
+        let rt = Table::try_new(Arc::clone(right.schema()), r)?;
+        let j = local_join(&lt, &rt, options)?;
+        out.extend(j.into_batches().into_iter().filter(|b| b.num_rows() > 0));
+    }
+    Table::try_new(schema, out)
 }

@@ -21,7 +21,10 @@ fn numeric(op: &'static str, table: &Table, name: &str) -> Result<DataType> {
         .data_type()
         .clone();
     if !(dt.is_integer() || dt.is_floating()) {
-        return Err(FrameError::unsupported(op, format!("column {name:?} of type {dt}")));
+        return Err(FrameError::unsupported(
+            op,
+            format!("column {name:?} of type {dt}"),
+        ));
     }
     Ok(dt)
 }
@@ -100,7 +103,12 @@ pub fn var(comm: &dyn Communicator, table: &Table, name: &str) -> Result<Option<
 /// The minimum (or maximum with `max`) of `name` over all ranks, as a
 /// value of the column's type; null when there is no value. Numeric,
 /// date, time and timestamp columns.
-pub fn extreme(comm: &dyn Communicator, table: &Table, name: &str, max: bool) -> Result<ScalarValue> {
+pub fn extreme(
+    comm: &dyn Communicator,
+    table: &Table,
+    name: &str,
+    max: bool,
+) -> Result<ScalarValue> {
     let dt = table
         .schema()
         .field(column_index(table.schema(), name)?)

@@ -25,7 +25,10 @@ pub fn unique(comm: &dyn Communicator, table: &Table, options: &UniqueOptions) -
     if comm.size() == 1 {
         return local::unique(table, options);
     }
-    let names: Vec<String> = idx.iter().map(|&i| table.schema().field(i).name().clone()).collect();
+    let names: Vec<String> = idx
+        .iter()
+        .map(|&i| table.schema().field(i).name().clone())
+        .collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     if refs.is_empty() {
         return local::unique(&crate::dist::gather::slice(comm, table, 0, 1)?, options);
@@ -75,7 +78,11 @@ pub fn equals(comm: &dyn Communicator, a: &Table, b: &Table) -> Result<bool> {
     if ca.iter().sum::<u64>() != cb.iter().sum::<u64>() {
         return Ok(false);
     }
-    let b2 = if ca == cb { b.clone() } else { repartition(comm, b, Some(&ca))? };
+    let b2 = if ca == cb {
+        b.clone()
+    } else {
+        repartition(comm, b, Some(&ca))?
+    };
     all_ranks_agree(comm, local::equals(a, &b2)?)
 }
 

@@ -99,7 +99,11 @@ pub fn exchange(
 
 /// Splits `batch` into `n` parts by `dest[i]` (the rank of row `i`) with one
 /// `take`: rows keep their relative order within each part.
-pub(crate) fn split_by_dest(batch: &RecordBatch, dest: &[u32], n: usize) -> Result<Vec<RecordBatch>> {
+pub(crate) fn split_by_dest(
+    batch: &RecordBatch,
+    dest: &[u32],
+    n: usize,
+) -> Result<Vec<RecordBatch>> {
     if n == 1 {
         return Ok(vec![batch.clone()]);
     }
@@ -137,9 +141,17 @@ pub(crate) fn split_by_dest(batch: &RecordBatch, dest: &[u32], n: usize) -> Resu
 
 /// The destination rank of every row of `batch` by hash of `key_idx`.
 pub(crate) fn hash_dest(batch: &RecordBatch, key_idx: &[usize], n: usize) -> Result<Vec<u32>> {
-    let cols: Vec<ArrayRef> = key_idx.iter().map(|&i| Arc::clone(batch.column(i))).collect();
-    let mut hashes = vec![0u64; batch.num_rows()];
-    create_hashes(&cols, &shuffle_hasher(), &mut hashes).ctx("hashing key columns")?;
+    let cols: Vec<ArrayRef> = key_idx
+        .iter()
+        .map(|&i| Arc::clone(batch.column(i)))
+        .collect();
+    hash_dest_arrays(&cols, batch.num_rows(), n)
+}
+
+/// The destination rank of every row by hash of the key arrays `cols`.
+pub(crate) fn hash_dest_arrays(cols: &[ArrayRef], rows: usize, n: usize) -> Result<Vec<u32>> {
+    let mut hashes = vec![0u64; rows];
+    create_hashes(cols, &shuffle_hasher(), &mut hashes).ctx("hashing key columns")?;
     Ok(hashes
         .iter()
         .map(|&h| ((h as u128 * n as u128) >> 64) as u32)
@@ -183,4 +195,152 @@ pub(crate) fn send_all_to(comm: &dyn Communicator, table: &Table, dest: usize) -
     parts[dest] = table.non_empty_batches().cloned().collect();
     let got = exchange(comm, table.schema(), parts)?;
     Table::try_new(Arc::clone(table.schema()), got)
+}
+
+// ---- bucketed exchange: cache-sized pieces for join and sort ----
+
+static BUCKET_ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1 << 16);
+
+/// Sets the target number of rows of one bucket of the bucketed join and
+/// sort (default 65536: a bucket's hash table and columns stay in cache).
+/// A tuning knob: results do not depend on it.
+pub fn set_bucket_rows(rows: usize) {
+    BUCKET_ROWS.store(rows.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Buckets per rank for a partition of at most `max_rows` rows on any rank
+/// (the same on every rank: callers pass a globally reduced value).
+pub(crate) fn buckets_per_rank(max_rows: u64) -> usize {
+    let target = BUCKET_ROWS.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    (max_rows.div_ceil(target) as usize)
+        .next_power_of_two()
+        .clamp(1, 1024)
+}
+
+/// Like [`exchange`] but keeps every batch sent, empty ones included, in
+/// order: `out[s]` is the list rank `s` sent here.
+pub(crate) fn exchange_keep(
+    comm: &dyn Communicator,
+    schema: &SchemaRef,
+    mut parts: Vec<Vec<RecordBatch>>,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let n = comm.size();
+    if n == 1 {
+        return Ok(vec![parts.pop().unwrap_or_default()]);
+    }
+    if comm.supports_objects() {
+        let boxed: Vec<AnyBox> = parts.into_iter().map(|p| Box::new(p) as AnyBox).collect();
+        return comm
+            .all_to_all_objects(boxed)?
+            .into_iter()
+            .map(|g| {
+                g.downcast::<Vec<RecordBatch>>()
+                    .map(|v| *v)
+                    .map_err(|_| FrameError::internal("exchange: a peer sent something else"))
+            })
+            .collect();
+    }
+    let me = comm.rank();
+    let mut own = Vec::new();
+    let mut payload = Vec::with_capacity(n);
+    for (j, p) in parts.into_iter().enumerate() {
+        if j == me {
+            own = p;
+            payload.push(Bytes::new());
+        } else {
+            payload.push(ipc::encode_batches(schema, &p)?);
+        }
+    }
+    let got = comm.all_to_all_v(payload)?;
+    let mut out = Vec::with_capacity(n);
+    for (j, bytes) in got.into_iter().enumerate() {
+        if j == me {
+            out.push(std::mem::take(&mut own));
+        } else {
+            let batches = ipc::decode_batches(bytes)?.1;
+            out.push(
+                batches
+                    .into_iter()
+                    .map(|b| {
+                        RecordBatch::try_new_with_options(
+                            Arc::clone(schema),
+                            b.columns().to_vec(),
+                            &datafusion::arrow::array::RecordBatchOptions::new()
+                                .with_row_count(Some(b.num_rows())),
+                        )
+                        .ctx("relabelling received batch")
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Splits every batch of `table` into `size * per_rank` buckets by
+/// `bucket_of` (bucket `b` goes to rank `b / per_rank`), exchanges them, and
+/// returns this rank's `per_rank` buckets, each the list of pieces received
+/// for it (in rank order, then batch order).
+pub(crate) fn bucket_exchange(
+    comm: &dyn Communicator,
+    table: &Table,
+    per_rank: usize,
+    mut bucket_of: impl FnMut(&RecordBatch) -> Result<Vec<u32>>,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    let n = comm.size();
+    let total = n * per_rank;
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n];
+    for b in table.non_empty_batches() {
+        let dest = bucket_of(b)?;
+        let pieces = split_by_dest(b, &dest, total)?;
+        for (k, p) in pieces.into_iter().enumerate() {
+            parts[k / per_rank].push(p);
+        }
+    }
+    if !comm.supports_objects() && n > 1 {
+        // Process ranks: one IPC message per bucket rather than one per
+        // piece (the encoder copies anyway).
+        for (d, p) in parts.iter_mut().enumerate() {
+            if d == comm.rank() {
+                continue;
+            }
+            let pieces = std::mem::take(p);
+            for k in 0..per_rank {
+                let same: Vec<&RecordBatch> = pieces.iter().skip(k).step_by(per_rank).collect();
+                p.push(
+                    datafusion::arrow::compute::concat_batches(table.schema(), same)
+                        .ctx("merging the pieces of a bucket")?,
+                );
+            }
+        }
+    }
+    let got = exchange_keep(comm, table.schema(), parts)?;
+    let mut buckets: Vec<Vec<RecordBatch>> = vec![Vec::new(); per_rank];
+    for list in got {
+        for (k, p) in list.into_iter().enumerate() {
+            if p.num_rows() > 0 {
+                buckets[k % per_rank].push(p);
+            }
+        }
+    }
+    Ok(buckets)
+}
+
+/// Bucket of every row by hash of `key_idx`: rank from the high bits of the
+/// hash, bucket within the rank from the low bits.
+pub(crate) fn hash_buckets(batch: &RecordBatch, key_idx: &[usize], n: usize, per_rank: usize) -> Result<Vec<u32>> {
+    let cols: Vec<ArrayRef> = key_idx
+        .iter()
+        .map(|&i| Arc::clone(batch.column(i)))
+        .collect();
+    let mut hashes = vec![0u64; batch.num_rows()];
+    create_hashes(&cols, &shuffle_hasher(), &mut hashes).ctx("hashing key columns")?;
+    Ok(hashes
+        .iter()
+        .map(|&h| {
+            let rank = ((h as u128 * n as u128) >> 64) as u64;
+            let sub = ((h & 0xffff_ffff) * per_rank as u64) >> 32;
+            (rank * per_rank as u64 + sub) as u32
+        })
+        .collect())
 }

@@ -2,29 +2,28 @@
 //! rank `r + 1`, each partition sorted.
 //!
 //! ```text
-//!  1. every rank samples up to 256 of its keys; all-gather the samples
-//!  2. sort them, pick size-1 splitters at even quantiles
-//!  3. each row goes to the rank its key falls in; rows equal to splitters
-//!     are spread over the ranks those splitters bound (so one key holding
+//!  1. every rank samples its keys; all-gather the samples
+//!  2. sort them, pick size * B - 1 splitters at even quantiles (B cache-sized
+//!     buckets per rank; bucket b goes to rank b / B)
+//!  3. each row goes to the bucket its key falls in; rows equal to splitters
+//!     are spread over the buckets those splitters bound (so one key holding
 //!     most rows does not land on one rank)
-//!  4. exchange, then sort locally
+//!  4. exchange, then sort each bucket locally (in cache) and concatenate
 //! ```
 //!
 //! One integer-like or float key uses `u64` order codes (and the radix sort
-//! locally), nulls going to the first or the last rank; other keys use the
+//! locally), nulls going to the first or the last bucket; other keys use the
 //! Arrow row format, whose bytes compare in sort order.
 
-use crate::dist::shuffle::{exchange, split_by_dest};
-use crate::error::{Context, Result};
-use crate::local::sort::{check_keys, codes_supported, order_codes, sort as local_sort, SortKey};
+use crate::dist::shuffle::{bucket_exchange, buckets_per_rank};
+use crate::error::{Context, FrameError, Result};
+use crate::local::sort::{check_keys, codes_supported, order_codes, sort as local_sort, OrderCodes, SortKey};
 use crate::table::{column_index, Table};
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::row::{RowConverter, SortField};
-use deeprc_comm::{Communicator, CommunicatorExt};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use deeprc_comm::{Communicator, CommunicatorExt, ReduceOp};
 use std::sync::Arc;
-
-const SAMPLES_PER_RANK: usize = 256;
 
 /// Sorts the distributed table by `keys` across all ranks.
 ///
@@ -33,40 +32,76 @@ const SAMPLES_PER_RANK: usize = 256;
 pub fn sort(comm: &dyn Communicator, table: &Table, keys: &[SortKey]) -> Result<Table> {
     check_keys(table, keys)?;
     let n = comm.size();
-    if n == 1 {
+    let most = table.num_rows() as u64;
+    let most = if n == 1 {
+        most
+    } else {
+        comm.all_reduce_scalar(most, ReduceOp::Max)?
+    };
+    let per_rank = buckets_per_rank(most);
+    if n == 1 && per_rank == 1 {
         return local_sort(table, keys);
     }
-    let batch = table.to_batch()?;
-    let cols: Vec<ArrayRef> = keys
+    let idx: Vec<usize> = keys
         .iter()
-        .map(|k| column_index(table.schema(), &k.column).map(|i| Arc::clone(batch.column(i))))
+        .map(|k| column_index(table.schema(), &k.column))
         .collect::<Result<_>>()?;
-    let fast = keys.len() == 1 && codes_supported(cols[0].data_type());
-    let dest = if fast {
-        dest_by_codes(comm, &cols[0], &keys[0])?
-    } else {
-        dest_by_rows(comm, &cols, keys)?
+    let batches: Vec<&RecordBatch> = table.non_empty_batches().collect();
+    let key_cols = |b: &RecordBatch| -> Vec<ArrayRef> {
+        idx.iter().map(|&i| Arc::clone(b.column(i))).collect()
     };
-    let parts: Vec<Vec<RecordBatch>> = if batch.num_rows() == 0 {
-        vec![Vec::new(); n]
+    let fast = keys.len() == 1 && codes_supported(table.schema().field(idx[0]).data_type());
+    let nb = n * per_rank;
+    let sample_count = (16 * per_rank).max(256);
+    let mut dests: Vec<Vec<u32>> = if fast {
+        let codes = batches
+            .iter()
+            .map(|b| {
+                order_codes(&key_cols(b)[0], &keys[0])?
+                    .ok_or_else(|| FrameError::internal("no order codes"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        dest_by_codes(comm, &codes, &keys[0], nb, sample_count)?
     } else {
-        split_by_dest(&batch, &dest, n)?
-            .into_iter()
-            .map(|p| if p.num_rows() > 0 { vec![p] } else { Vec::new() })
-            .collect()
+        let fields = idx
+            .iter()
+            .zip(keys)
+            .map(|(&i, k)| {
+                SortField::new_with_options(table.schema().field(i).data_type().clone(), k.options())
+            })
+            .collect();
+        let conv = RowConverter::new(fields).ctx("making a row converter for sort keys")?;
+        let rows = batches
+            .iter()
+            .map(|b| conv.convert_columns(&key_cols(b)).ctx("encoding sort keys"))
+            .collect::<Result<Vec<_>>>()?;
+        dest_by_rows(comm, &rows, nb, sample_count)?
     };
-    let got = exchange(comm, table.schema(), parts)?;
-    local_sort(&Table::try_new(Arc::clone(table.schema()), got)?, keys)
+    dests.reverse();
+    let buckets = bucket_exchange(comm, table, per_rank, |_| {
+        dests
+            .pop()
+            .ok_or_else(|| FrameError::internal("sort: a batch without destinations"))
+    })?;
+    let mut out = Vec::new();
+    for pieces in buckets {
+        if pieces.is_empty() {
+            continue;
+        }
+        let t = Table::try_new(Arc::clone(table.schema()), pieces)?;
+        out.extend(local_sort(&t, keys)?.into_batches());
+    }
+    Table::try_new(Arc::clone(table.schema()), out)
 }
 
-/// Evenly spaced sample positions of `len` rows.
-fn sample_positions(len: usize) -> impl Iterator<Item = usize> {
-    let s = len.min(SAMPLES_PER_RANK);
+/// `count` evenly spaced positions among `len` items.
+fn sample_positions(len: usize, count: usize) -> impl Iterator<Item = usize> {
+    let s = len.min(count);
     (0..s).map(move |i| (2 * i + 1) * len / (2 * s))
 }
 
-/// Splitter ranks for a key: `lo` = splitters strictly below, `hi` =
-/// splitters at or below; the row may go to any rank in `lo..=hi`.
+/// Bucket for a key: `lo` = splitters strictly below, `hi` = splitters at
+/// or below; the row may go to any bucket in `lo..=hi`.
 #[inline]
 fn choose(lo: usize, hi: usize, i: usize, rank: usize) -> u32 {
     if lo == hi {
@@ -76,60 +111,76 @@ fn choose(lo: usize, hi: usize, i: usize, rank: usize) -> u32 {
     }
 }
 
-fn splitters<T: Ord + Clone>(mut all: Vec<T>, n: usize) -> Vec<T> {
+fn splitters<T: Ord + Clone>(mut all: Vec<T>, nb: usize) -> Vec<T> {
     all.sort_unstable();
     if all.is_empty() {
         return Vec::new();
     }
-    (1..n).map(|k| all[k * all.len() / n].clone()).collect()
+    (1..nb).map(|k| all[k * all.len() / nb].clone()).collect()
 }
 
-fn dest_by_codes(comm: &dyn Communicator, col: &ArrayRef, key: &SortKey) -> Result<Vec<u32>> {
-    let n = comm.size();
+fn dest_by_codes(
+    comm: &dyn Communicator,
+    codes: &[OrderCodes],
+    key: &SortKey,
+    nb: usize,
+    sample_count: usize,
+) -> Result<Vec<Vec<u32>>> {
     let me = comm.rank();
-    let codes = order_codes(col, key)?.ok_or_else(|| crate::FrameError::internal("no order codes"))?;
-    let valid: Vec<usize> = match &codes.nulls {
-        None => (0..codes.codes.len()).collect(),
-        Some(nb) => nb.valid_indices().collect(),
-    };
-    let sample: Vec<u64> = sample_positions(valid.len())
-        .map(|p| codes.codes[valid[p]])
-        .collect();
-    let all: Vec<u64> = comm.all_gather_pod(&sample)?.into_iter().flatten().collect();
-    let split = splitters(all, n);
-    let null_dest = if key.nulls_first { 0 } else { (n - 1) as u32 };
-    Ok(codes
-        .codes
+    let is_null = |c: &OrderCodes, i: usize| c.nulls.as_ref().is_some_and(|nb| nb.is_null(i));
+    // Valid codes, in order, for sampling.
+    let valid: Vec<u64> = codes
         .iter()
-        .enumerate()
-        .map(|(i, &c)| {
-            if codes.nulls.as_ref().is_some_and(|nb| nb.is_null(i)) {
-                return null_dest;
-            }
-            if split.is_empty() {
-                return me as u32;
-            }
-            let lo = split.partition_point(|&s| s < c);
-            let hi = split.partition_point(|&s| s <= c);
-            choose(lo, hi, i, me)
+        .flat_map(|c| (0..c.codes.len()).filter(|&i| !is_null(c, i)).map(|i| c.codes[i]))
+        .collect();
+    let sample: Vec<u64> = sample_positions(valid.len(), sample_count)
+        .map(|p| valid[p])
+        .collect();
+    drop(valid);
+    let all: Vec<u64> = comm.all_gather_pod(&sample)?.into_iter().flatten().collect();
+    let split = splitters(all, nb);
+    let null_dest = if key.nulls_first { 0 } else { (nb - 1) as u32 };
+    let home = (me * nb / comm.size()) as u32;
+    Ok(codes
+        .iter()
+        .map(|c| {
+            c.codes
+                .iter()
+                .enumerate()
+                .map(|(i, &code)| {
+                    if is_null(c, i) {
+                        return null_dest;
+                    }
+                    if split.is_empty() {
+                        return home;
+                    }
+                    let lo = split.partition_point(|&s| s < code);
+                    let hi = split.partition_point(|&s| s <= code);
+                    choose(lo, hi, i, me)
+                })
+                .collect()
         })
         .collect())
 }
 
-fn dest_by_rows(comm: &dyn Communicator, cols: &[ArrayRef], keys: &[SortKey]) -> Result<Vec<u32>> {
-    let n = comm.size();
+fn dest_by_rows(
+    comm: &dyn Communicator,
+    rows: &[Rows],
+    nb: usize,
+    sample_count: usize,
+) -> Result<Vec<Vec<u32>>> {
     let me = comm.rank();
-    let fields = cols
-        .iter()
-        .zip(keys)
-        .map(|(c, k)| SortField::new_with_options(c.data_type().clone(), k.options()))
-        .collect();
-    let conv = RowConverter::new(fields).ctx("making a row converter for sort keys")?;
-    let rows = conv.convert_columns(cols).ctx("encoding sort keys")?;
+    let total: usize = rows.iter().map(|r| r.num_rows()).sum();
     // Samples travel as length-prefixed row bytes.
     let mut buf = Vec::new();
-    for p in sample_positions(rows.num_rows()) {
-        let r = rows.row(p);
+    let mut cum = 0;
+    let mut bi = 0;
+    for p in sample_positions(total, sample_count) {
+        while p >= cum + rows[bi].num_rows() {
+            cum += rows[bi].num_rows();
+            bi += 1;
+        }
+        let r = rows[bi].row(p - cum);
         buf.extend_from_slice(&(r.as_ref().len() as u32).to_le_bytes());
         buf.extend_from_slice(r.as_ref());
     }
@@ -142,17 +193,23 @@ fn dest_by_rows(comm: &dyn Communicator, cols: &[ArrayRef], keys: &[SortKey]) ->
             s = &s[4 + len..];
         }
     }
-    let split = splitters(all, n);
-    Ok((0..rows.num_rows())
-        .map(|i| {
-            if split.is_empty() {
-                return me as u32;
-            }
-            let r = rows.row(i);
-            let c = r.as_ref();
-            let lo = split.partition_point(|s| s.as_slice() < c);
-            let hi = split.partition_point(|s| s.as_slice() <= c);
-            choose(lo, hi, i, me)
+    let split = splitters(all, nb);
+    let home = (me * nb / comm.size()) as u32;
+    Ok(rows
+        .iter()
+        .map(|rs| {
+            (0..rs.num_rows())
+                .map(|i| {
+                    if split.is_empty() {
+                        return home;
+                    }
+                    let r = rs.row(i);
+                    let c = r.as_ref();
+                    let lo = split.partition_point(|s| s.as_slice() < c);
+                    let hi = split.partition_point(|s| s.as_slice() <= c);
+                    choose(lo, hi, i, me)
+                })
+                .collect()
         })
         .collect())
 }

@@ -187,7 +187,7 @@ pub(crate) fn check_group_by(schema: &Schema, keys: &[&str], aggs: &[Agg]) -> Re
 /// aggregate of a non-numeric column.
 pub fn group_by(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
     check_group_by(table.schema(), keys, aggs)?;
-    let batch = table.to_batch()?;
+    let batch = needed_columns(table, keys, aggs)?;
     let g = Groups::of(&batch, keys)?;
     let mut fields = g.key_fields(&batch);
     let mut cols = g.key_columns(&batch)?;
@@ -198,6 +198,18 @@ pub fn group_by(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
         cols.push(out);
     }
     g.finish(fields, cols)
+}
+
+/// The key and aggregated columns of `table` as one batch (only those are
+/// concatenated).
+fn needed_columns(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<RecordBatch> {
+    let mut cols: Vec<&str> = keys.to_vec();
+    for a in aggs {
+        if !cols.contains(&a.column.as_str()) {
+            cols.push(&a.column);
+        }
+    }
+    crate::local::project(table, &cols)?.to_batch()
 }
 
 /// Group ids of a batch.
@@ -220,7 +232,10 @@ impl Groups {
                 key_idx,
             });
         }
-        let cols: Vec<ArrayRef> = key_idx.iter().map(|&i| Arc::clone(batch.column(i))).collect();
+        let cols: Vec<ArrayRef> = key_idx
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
         let types: Vec<DataType> = cols.iter().map(|c| c.data_type().clone()).collect();
         let rows = KeyEncoder::new(&types)?.encode(&cols)?;
         let grouping = group_rows(&rows);
@@ -278,7 +293,11 @@ fn compute(func: AggFunc, col: &ArrayRef, g: &Groups) -> Result<ArrayRef> {
         AggFunc::Sum => sum(col, g)?,
         AggFunc::Mean => {
             let (s, c) = sum_f64(col, g)?;
-            let v: Vec<f64> = s.iter().zip(&c).map(|(s, &c)| s / c.max(1) as f64).collect();
+            let v: Vec<f64> = s
+                .iter()
+                .zip(&c)
+                .map(|(s, &c)| s / c.max(1) as f64)
+                .collect();
             Arc::new(Float64Array::new(v.into(), nulls_where_zero(&c)))
         }
         AggFunc::Var | AggFunc::Std => {
@@ -434,19 +453,18 @@ fn merge_moments(n: &ArrayRef, mean: &ArrayRef, m2: &ArrayRef, g: &Groups) -> Mo
 }
 
 fn finish_var(m: &Moments, std: bool) -> ArrayRef {
-    let v: Vec<f64> = m
-        .n
-        .iter()
-        .zip(&m.m2)
-        .map(|(&n, &m2)| {
-            let var = if n > 1 { m2 / (n - 1) as f64 } else { 0.0 };
-            if std {
-                var.sqrt()
-            } else {
-                var
-            }
-        })
-        .collect();
+    let v: Vec<f64> =
+        m.n.iter()
+            .zip(&m.m2)
+            .map(|(&n, &m2)| {
+                let var = if n > 1 { m2 / (n - 1) as f64 } else { 0.0 };
+                if std {
+                    var.sqrt()
+                } else {
+                    var
+                }
+            })
+            .collect();
     let valid = BooleanBuffer::from_iter(m.n.iter().map(|&n| n > 1));
     Arc::new(Float64Array::new(v.into(), Some(NullBuffer::new(valid))))
 }
@@ -464,15 +482,20 @@ fn extreme(col: &ArrayRef, g: &Groups, max: bool) -> Result<ArrayRef> {
                 continue;
             }
             let gi = gid as usize;
-            let better = best[gi] == NONE || if max { c > best_code[gi] } else { c < best_code[gi] };
+            let better = best[gi] == NONE
+                || if max {
+                    c > best_code[gi]
+                } else {
+                    c < best_code[gi]
+                };
             if better {
                 best[gi] = i as u32;
                 best_code[gi] = c;
             }
         }
     } else {
-        let cmp = make_comparator(col.as_ref(), col.as_ref(), SortOptions::default())
-            .map_err(|_| {
+        let cmp =
+            make_comparator(col.as_ref(), col.as_ref(), SortOptions::default()).map_err(|_| {
                 FrameError::unsupported("group_by", format!("min/max of type {}", col.data_type()))
             })?;
         for (i, &gid) in g.gids.iter().enumerate() {
@@ -495,7 +518,10 @@ fn extreme(col: &ArrayRef, g: &Groups, max: bool) -> Result<ArrayRef> {
         }
     }
     let valid = BooleanBuffer::from_iter(best.iter().map(|&b| b != NONE));
-    let values: Vec<u32> = best.iter().map(|&b| if b == NONE { 0 } else { b }).collect();
+    let values: Vec<u32> = best
+        .iter()
+        .map(|&b| if b == NONE { 0 } else { b })
+        .collect();
     let idx = UInt32Array::new(values.into(), Some(NullBuffer::new(valid)));
     take(col.as_ref(), &idx, None).ctx("taking min/max")
 }
@@ -566,7 +592,7 @@ fn partial_name(i: usize, j: usize) -> String {
 /// Local pre-aggregation: key columns plus the partial state of every
 /// (decomposable) aggregate.
 pub(crate) fn partial_aggregate(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
-    let batch = table.to_batch()?;
+    let batch = needed_columns(table, keys, aggs)?;
     let g = Groups::of(&batch, keys)?;
     let mut fields = g.key_fields(&batch);
     let mut cols = g.key_columns(&batch)?;
@@ -592,7 +618,9 @@ pub(crate) fn partial_aggregate(table: &Table, keys: &[&str], aggs: &[Agg]) -> R
                 push(partial_name(i, 2), Arc::new(Float64Array::from(m.m2)));
             }
             AggFunc::NUnique | AggFunc::Quantile(_) => {
-                return Err(FrameError::internal("partial state of a non-decomposable aggregate"))
+                return Err(FrameError::internal(
+                    "partial state of a non-decomposable aggregate",
+                ))
             }
         }
     }
@@ -622,7 +650,11 @@ pub(crate) fn merge_partials(table: &Table, keys: &[&str], aggs: &[Agg]) -> Resu
                 let (s, _) = sum_f64(p(i, 0)?, &g)?;
                 let c = compute(AggFunc::Sum, p(i, 1)?, &g)?;
                 let c = c.as_primitive::<Int64Type>().values().to_vec();
-                let v: Vec<f64> = s.iter().zip(&c).map(|(s, &c)| s / c.max(1) as f64).collect();
+                let v: Vec<f64> = s
+                    .iter()
+                    .zip(&c)
+                    .map(|(s, &c)| s / c.max(1) as f64)
+                    .collect();
                 Arc::new(Float64Array::new(v.into(), nulls_where_zero(&c)))
             }
             AggFunc::Var | AggFunc::Std => {
@@ -630,7 +662,9 @@ pub(crate) fn merge_partials(table: &Table, keys: &[&str], aggs: &[Agg]) -> Resu
                 finish_var(&m, a.func == AggFunc::Std)
             }
             AggFunc::NUnique | AggFunc::Quantile(_) => {
-                return Err(FrameError::internal("merge of a non-decomposable aggregate"))
+                return Err(FrameError::internal(
+                    "merge of a non-decomposable aggregate",
+                ))
             }
         };
         fields.push(Field::new(a.output_name(), out.data_type().clone(), true));

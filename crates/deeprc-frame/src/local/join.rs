@@ -248,8 +248,16 @@ pub(crate) fn encode_both(
         .map(|&i| lb.schema().field(i).data_type().clone())
         .collect();
     let enc = KeyEncoder::new(&types)?;
-    let lcols: Vec<ArrayRef> = keys.left.iter().map(|&i| Arc::clone(lb.column(i))).collect();
-    let rcols: Vec<ArrayRef> = keys.right.iter().map(|&i| Arc::clone(rb.column(i))).collect();
+    let lcols: Vec<ArrayRef> = keys
+        .left
+        .iter()
+        .map(|&i| Arc::clone(lb.column(i)))
+        .collect();
+    let rcols: Vec<ArrayRef> = keys
+        .right
+        .iter()
+        .map(|&i| Arc::clone(rb.column(i)))
+        .collect();
     Ok((enc.encode(&lcols)?, enc.encode(&rcols)?))
 }
 
@@ -409,7 +417,10 @@ fn index_array(idx: Vec<u32>) -> UInt32Array {
         return UInt32Array::from(idx);
     }
     let valid = BooleanBuffer::from_iter(idx.iter().map(|&i| i != NONE));
-    let values: Vec<u32> = idx.into_iter().map(|i| if i == NONE { 0 } else { i }).collect();
+    let values: Vec<u32> = idx
+        .into_iter()
+        .map(|i| if i == NONE { 0 } else { i })
+        .collect();
     UInt32Array::new(values.into(), Some(NullBuffer::new(valid)))
 }
 

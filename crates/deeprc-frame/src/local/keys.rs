@@ -22,7 +22,6 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
-use std::hash::BuildHasher;
 
 /// Whether a single key column of this type takes the integer fast path.
 pub(crate) fn is_int_like(dt: &DataType) -> bool {
@@ -83,14 +82,6 @@ impl KeyRows {
         match self {
             KeyRows::Int { nulls, .. } | KeyRows::Rows { nulls, .. } => {
                 nulls.as_ref().is_some_and(|n| n.is_null(i))
-            }
-        }
-    }
-
-    pub(crate) fn null_count(&self) -> usize {
-        match self {
-            KeyRows::Int { nulls, .. } | KeyRows::Rows { nulls, .. } => {
-                nulls.as_ref().map_or(0, |n| n.null_count())
             }
         }
     }
@@ -423,7 +414,11 @@ impl JoinIndex {
             KeyRows::Int { values, .. } => {
                 let mut t = IntTable::with_capacity(n);
                 for (i, &k) in values.iter().enumerate() {
-                    gids.push(if keys.is_null(i) { EMPTY } else { t.insert(k).0 });
+                    gids.push(if keys.is_null(i) {
+                        EMPTY
+                    } else {
+                        t.insert(k).0
+                    });
                 }
                 Lookup::Int(t)
             }

@@ -5,7 +5,7 @@
 use crate::context::expr_session;
 use crate::error::{Context, FrameError, Result};
 use crate::table::{check_same_columns, column_index, Table};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
@@ -37,7 +37,8 @@ pub(crate) fn plan_expr(schema: &SchemaRef, expr: &Expr) -> Result<Arc<dyn Physi
     for c in expr.column_refs() {
         column_index(schema, &c.name)?;
     }
-    let df_schema = DFSchema::try_from(schema.as_ref().clone()).ctx("making a DataFusion schema")?;
+    let df_schema =
+        DFSchema::try_from(schema.as_ref().clone()).ctx("making a DataFusion schema")?;
     expr_session()
         .create_physical_expr(expr.clone(), &df_schema)
         .ctx(&format!("planning expression {expr}"))
@@ -45,13 +46,17 @@ pub(crate) fn plan_expr(schema: &SchemaRef, expr: &Expr) -> Result<Arc<dyn Physi
 
 /// Parses a SQL expression against `schema`.
 pub(crate) fn parse_sql_expr(schema: &SchemaRef, sql: &str) -> Result<Expr> {
-    let df_schema = DFSchema::try_from(schema.as_ref().clone()).ctx("making a DataFusion schema")?;
+    let df_schema =
+        DFSchema::try_from(schema.as_ref().clone()).ctx("making a DataFusion schema")?;
     expr_session().parse_sql_expr(sql, &df_schema).map_err(|e| {
         // An unknown column is the most common mistake: name it.
-        if let datafusion::error::DataFusionError::SchemaError(
-            datafusion::common::SchemaError::FieldNotFound { field, .. },
-            _,
-        ) = &e
+        use datafusion::error::DataFusionError as D;
+        let mut root = &e;
+        while let D::Diagnostic(_, inner) | D::Context(_, inner) = root {
+            root = inner;
+        }
+        if let D::SchemaError(datafusion::common::SchemaError::FieldNotFound { field, .. }, _) =
+            root
         {
             return FrameError::ColumnNotFound {
                 column: field.name.clone(),
@@ -160,7 +165,7 @@ pub fn rename(table: &Table, pairs: &[(&str, &str)]) -> Result<Table> {
         fields,
         table.schema().metadata().clone(),
     ));
-    Table::try_new(schema, table.batches().to_vec())
+    table.with_schema(schema)
 }
 
 /// Rows `offset..offset + len` of `table`, clamped to its length (zero-copy).
@@ -201,9 +206,4 @@ pub fn concat(tables: &[Table]) -> Result<Table> {
         batches.extend(t.batches().iter().cloned());
     }
     Table::try_new(Arc::clone(first.schema()), batches)
-}
-
-/// `true` if the array has at least one null.
-pub(crate) fn has_nulls(a: &dyn Array) -> bool {
-    a.null_count() > 0
 }

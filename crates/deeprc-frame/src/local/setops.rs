@@ -90,7 +90,9 @@ fn sorted_rows(t: &Table) -> Result<Vec<Vec<u8>>> {
     let conv = RowConverter::new(fields).ctx("making a row converter")?;
     let cols: Vec<ArrayRef> = batch.columns().to_vec();
     let rows = conv.convert_columns(&cols).ctx("encoding rows")?;
-    let mut v: Vec<Vec<u8>> = (0..rows.num_rows()).map(|i| rows.row(i).as_ref().to_vec()).collect();
+    let mut v: Vec<Vec<u8>> = (0..rows.num_rows())
+        .map(|i| rows.row(i).as_ref().to_vec())
+        .collect();
     v.sort_unstable();
     Ok(v)
 }

@@ -78,7 +78,10 @@ pub fn sort(table: &Table, keys: &[SortKey]) -> Result<Table> {
     let batch = table.to_batch()?;
     let idx = sort_indices(&batch, keys)?;
     let out = take_record_batch(&batch, &idx).ctx("reordering rows")?;
-    Ok(Table::from_batch_with_schema(Arc::clone(table.schema()), out))
+    Ok(Table::from_batch_with_schema(
+        Arc::clone(table.schema()),
+        out,
+    ))
 }
 
 pub(crate) fn check_keys(table: &Table, keys: &[SortKey]) -> Result<()> {
@@ -213,7 +216,7 @@ pub(crate) fn radix_sort_pairs(keys: &mut Vec<u64>, vals: &mut Vec<u32>) {
     let mut k2 = vec![0u64; n];
     let mut v2 = vec![0u32; n];
     for (d, h) in hist.iter().enumerate() {
-        if h.iter().any(|&c| c == n) {
+        if h.contains(&n) {
             continue; // every key has the same digit here
         }
         let mut pos = [0usize; 256];
@@ -233,11 +236,4 @@ pub(crate) fn radix_sort_pairs(keys: &mut Vec<u64>, vals: &mut Vec<u32>) {
         std::mem::swap(keys, &mut k2);
         std::mem::swap(vals, &mut v2);
     }
-}
-
-/// `true` when `array` (one key column) is sorted by `key`.
-pub(crate) fn is_sorted_by(array: &ArrayRef, key: &SortKey) -> Result<bool> {
-    let cmp = datafusion::arrow::array::make_comparator(array.as_ref(), array.as_ref(), key.options())
-        .ctx("comparing keys")?;
-    Ok((1..array.len()).all(|i| cmp(i - 1, i) != std::cmp::Ordering::Greater))
 }

@@ -48,7 +48,10 @@ impl UniqueOptions {
 pub(crate) fn subset_indices(table: &Table, options: &UniqueOptions) -> Result<Vec<usize>> {
     match &options.subset {
         None => Ok((0..table.num_columns()).collect()),
-        Some(cols) => cols.iter().map(|c| column_index(table.schema(), c)).collect(),
+        Some(cols) => cols
+            .iter()
+            .map(|c| column_index(table.schema(), c))
+            .collect(),
     }
 }
 
@@ -83,8 +86,14 @@ pub fn unique(table: &Table, options: &UniqueOptions) -> Result<Table> {
         }
     };
     if keep.len() == batch.num_rows() {
-        return Ok(Table::from_batch_with_schema(Arc::clone(table.schema()), batch));
+        return Ok(Table::from_batch_with_schema(
+            Arc::clone(table.schema()),
+            batch,
+        ));
     }
     let out = take_record_batch(&batch, &UInt32Array::from(keep)).ctx("taking unique rows")?;
-    Ok(Table::from_batch_with_schema(Arc::clone(table.schema()), out))
+    Ok(Table::from_batch_with_schema(
+        Arc::clone(table.schema()),
+        out,
+    ))
 }

@@ -149,6 +149,23 @@ impl Mpirun {
         Self::default()
     }
 
+    /// Another launcher (`mpiexec.mpich`, a full path).
+    pub fn with_program(mut self, program: impl Into<String>) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+
+    /// Adds launcher arguments placed before the program (e.g.
+    /// `--allow-run-as-root` for OpenMPI).
+    pub fn with_extra_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
     fn program(&self) -> &str {
         self.program.as_deref().unwrap_or("mpirun")
     }
@@ -198,7 +215,12 @@ impl LaunchMethod for Mpirun {
         argv.extend(self.extra_args.iter().cloned());
         argv.extend(req.argv.iter().cloned());
         let mut env = req.env.to_vec();
-        let gpus: Vec<_> = req.placement.ranks.iter().flat_map(|r| r.gpus.iter().copied()).collect();
+        let gpus: Vec<_> = req
+            .placement
+            .ranks
+            .iter()
+            .flat_map(|r| r.gpus.iter().copied())
+            .collect();
         if !gpus.is_empty() {
             let mut seen = Vec::new();
             let unique: Vec<_> = gpus
@@ -269,6 +291,8 @@ mod tests {
         assert_eq!(cmds.len(), 2);
         assert_eq!(cmds[1].cpus, vec![7]);
         assert!(cmds[1].env.contains(&("DEEPRC_RANK".into(), "1".into())));
-        assert!(cmds[1].env.contains(&("CUDA_VISIBLE_DEVICES".into(), "3".into())));
+        assert!(cmds[1]
+            .env
+            .contains(&("CUDA_VISIBLE_DEVICES".into(), "3".into())));
     }
 }

@@ -1,0 +1,15 @@
+//! The integration tests of deeprc-frame, one binary (DataFusion makes
+//! every test binary slow to link).
+
+#[path = "integration/backends.rs"]
+mod backends;
+#[path = "integration/common.rs"]
+mod common;
+#[path = "integration/dist_ops.rs"]
+mod dist_ops;
+#[path = "integration/io_and_errors.rs"]
+mod io_and_errors;
+#[path = "integration/local_ops.rs"]
+mod local_ops;
+#[path = "integration/sql.rs"]
+mod sql;

@@ -1,0 +1,90 @@
+//! The distributed battery over process backends: tcp ranks as threads of
+//! this process, and tcp ranks as real processes (this test binary
+//! re-executed, one process per rank, exchanging Arrow IPC).
+
+use super::common::*;
+use super::dist_ops::{battery, case};
+use deeprc_comm::tcp::TcpComm;
+use deeprc_comm::Communicator;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[test]
+fn every_operator_on_tcp_ranks_in_threads() {
+    for n in [2, 3, 5] {
+        let c = case(n as u64, n);
+        for (r, res) in on_tcp_threads(n, |comm| {
+            assert!(!comm.supports_objects());
+            battery(comm, &c)
+        })
+        .into_iter()
+        .enumerate()
+        {
+            res.unwrap_or_else(|e| panic!("{n} tcp ranks, rank {r}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn every_operator_on_tcp_rank_processes() {
+    for n in [2, 3] {
+        let dir = temp_dir("procs");
+        let exe = std::env::current_exe().unwrap();
+        let kids: Vec<_> = (0..n)
+            .map(|r| {
+                Command::new(&exe)
+                    .args([
+                        "backends::tcp_rank_process",
+                        "--exact",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env("DEEPRC_RANK", r.to_string())
+                    .env("DEEPRC_WORLD_SIZE", n.to_string())
+                    .env("DEEPRC_STORE", dir.display().to_string())
+                    .env("DEEPRC_TOKEN", "frame-test-token-0123")
+                    .env("DEEPRC_FRAME_TEST_RANK", "1")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for (r, mut k) in kids.into_iter().enumerate() {
+            let start = Instant::now();
+            while k.try_wait().unwrap().is_none() {
+                if start.elapsed() > Duration::from_secs(180) {
+                    let _ = k.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let out = k.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && stdout.contains("RESULT ok"),
+                "rank {r} of {n}: {stdout}\n{stderr}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The entry point of the rank processes of the test above.
+#[test]
+#[ignore = "run by every_operator_on_tcp_rank_processes in child processes"]
+fn tcp_rank_process() {
+    if std::env::var_os("DEEPRC_FRAME_TEST_RANK").is_none() {
+        return;
+    }
+    let comm: Arc<dyn Communicator> = Arc::new(TcpComm::from_env().unwrap());
+    let n = comm.size();
+    let c = case(n as u64 + 10, n);
+    match battery(comm, &c) {
+        Ok(k) => println!("RESULT ok {k}"),
+        Err(e) => println!("RESULT err {e}"),
+    }
+}

@@ -1,0 +1,102 @@
+//! The functions of the integration tests, registered both in the test
+//! process (tasks on threads) and in the test host binary (worker
+//! processes).
+
+use deeprc_comm::{CommunicatorExt, ReduceOp};
+use deeprc_pilot::{Registry, TaskContext};
+use std::time::{Duration, Instant};
+
+fn comm_err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Every test function.
+pub(crate) fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register("null", |_ctx: &TaskContext, _args: &[u8]| {
+        Ok::<_, String>(Vec::new())
+    });
+    r.register("echo", |_ctx: &TaskContext, args: &[u8]| {
+        Ok::<_, String>(args.to_vec())
+    });
+    r.register_typed("add", |_ctx: &TaskContext, (a, b): (i64, i64)| {
+        Ok::<_, String>(a + b)
+    });
+    r.register("fail", |_ctx: &TaskContext, _args: &[u8]| {
+        Err::<Vec<u8>, _>("the function said no")
+    });
+    r.register(
+        "panic",
+        |_ctx: &TaskContext, _args: &[u8]| -> Result<Vec<u8>, String> {
+            panic!("deliberate panic in a test task")
+        },
+    );
+    // Aborts the process: only ever run it in worker processes.
+    r.register(
+        "crash",
+        |_ctx: &TaskContext, _args: &[u8]| -> Result<Vec<u8>, String> {
+            eprintln!("about to abort");
+            std::process::abort()
+        },
+    );
+    // Sleeps `ms` milliseconds, returning early if canceled.
+    r.register_typed("sleep", |ctx: &TaskContext, ms: u64| {
+        let end = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < end {
+            if ctx.is_canceled() {
+                return Err("canceled".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(ms)
+    });
+    // Sum over ranks of (rank + 1), through the task's communicator.
+    r.register_typed("allreduce", |ctx: &TaskContext, _: ()| {
+        let comm = ctx.comm().map_err(comm_err)?;
+        if comm.size() != ctx.size() || comm.rank() != ctx.rank() {
+            return Err(format!(
+                "communicator is rank {} of {}",
+                comm.rank(),
+                comm.size()
+            ));
+        }
+        let mut v = vec![(ctx.rank() + 1) as f64; 1024];
+        comm.all_reduce(&mut v, ReduceOp::Sum).map_err(comm_err)?;
+        Ok((v[0], ctx.comm_setup_time().as_nanos() as u64))
+    });
+    // Fails on its first attempt, succeeds on the next.
+    r.register_typed("flaky", |ctx: &TaskContext, _: ()| {
+        if ctx.attempt() == 0 {
+            Err("first attempt fails".to_string())
+        } else {
+            Ok(ctx.attempt())
+        }
+    });
+    // Where the rank runs: pid, rank, node, the CPUs it was given, its
+    // GPUs, and the CPUs the kernel lets this thread run on.
+    r.register_typed("whereami", |ctx: &TaskContext, _: ()| {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        Ok::<_, String>((
+            std::process::id(),
+            ctx.rank(),
+            ctx.node(),
+            ctx.cpus().to_vec(),
+            ctx.cuda_visible_devices(),
+            allowed,
+        ))
+    });
+    // Writes a file into the sandbox and returns its path.
+    r.register("sandbox", |ctx: &TaskContext, _args: &[u8]| {
+        let dir = ctx.sandbox().ok_or("no sandbox")?;
+        let p = dir.join("out.txt");
+        std::fs::write(&p, b"hi").map_err(|e| e.to_string())?;
+        Ok::<_, String>(p.display().to_string().into_bytes())
+    });
+    r
+}
