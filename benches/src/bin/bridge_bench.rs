@@ -12,8 +12,10 @@
 //!    targets are the same 8 features: multivariate forecasting), batch
 //!    256, shuffled, over `--rows` rows in 10 series. GB/s counts the
 //!    tensor bytes produced (inputs + targets: 3840 B per window).
-//! 2. Tabular: the same rows as samples, 8 `f32` features + 1 `f32` label,
-//!    batch 256, shuffled and sequential.
+//! 2. Tabular: the same rows as samples, 8 `f32` features + 1 `f32` label
+//!    (36 B per sample: samples/s is the figure that matters; the PyTorch
+//!    ratio compares with its window figure), batch 256, shuffled and
+//!    sequential.
 //! 3. When a CUDA device is present: host-to-device copies from the
 //!    loader's staging buffers (needs `--features tch`).
 
@@ -98,6 +100,7 @@ fn table(rows: usize, series: usize) -> DataSource {
 
 struct Run {
     batches: usize,
+    samples: usize,
     bytes: usize,
     secs: f64,
 }
@@ -113,12 +116,13 @@ fn run<D: Dataset>(loader: &Loader<D>, n: usize) -> Run {
     // Warm-up: one batch (allocates the staging buffers).
     let _ = loader.epoch(1_000).next();
     let t = Instant::now();
-    let (mut batches, mut bytes, mut sink) = (0, 0, 0u8);
+    let (mut batches, mut samples, mut bytes, mut sink) = (0, 0, 0, 0u8);
     'outer: for e in 0.. {
         for b in loader.epoch(e) {
             let b = b.expect("batch");
             sink ^= b.inputs().bytes()[0] ^ b.targets().bytes()[0];
             bytes += b.nbytes();
+            samples += b.len();
             batches += 1;
             if batches == n {
                 break 'outer;
@@ -128,6 +132,7 @@ fn run<D: Dataset>(loader: &Loader<D>, n: usize) -> Run {
     std::hint::black_box(sink);
     Run {
         batches,
+        samples,
         bytes,
         secs: t.elapsed().as_secs_f64(),
     }
@@ -135,8 +140,9 @@ fn run<D: Dataset>(loader: &Loader<D>, n: usize) -> Run {
 
 fn report(what: &str, r: &Run, memcpy: f64, pytorch: f64) {
     println!(
-        "  {what:<34} {:>9.0} batches/s {:>6.2} GB/s   {:.2}x memcpy   {:>5.1}x PyTorch ({pytorch} GB/s)",
+        "  {what:<34} {:>7.0} batches/s {:>6.2} M samples/s {:>6.2} GB/s   {:.2}x memcpy   {:>5.1}x PyTorch ({pytorch} GB/s)",
         r.batches as f64 / r.secs,
+        r.samples as f64 / r.secs / 1e6,
         r.gbps(),
         r.gbps() / memcpy,
         r.gbps() / pytorch,
@@ -299,11 +305,12 @@ fn tch_section(ds: &Arc<deeprc_bridge::WindowDataset>, n: usize, memcpy: f64) {
     .expect("loader");
     let _ = l.epoch(1_000).next();
     let t = Instant::now();
-    let (mut batches, mut bytes) = (0, 0);
+    let (mut batches, mut samples, mut bytes) = (0, 0, 0);
     'outer: for e in 0.. {
         for b in l.epoch(e) {
             let b = b.expect("batch");
             bytes += b.nbytes();
+            samples += b.len();
             let tb = b.to_tch(Device::Cpu).expect("tch");
             std::hint::black_box(tb.inputs().data_ptr());
             batches += 1;
@@ -314,6 +321,7 @@ fn tch_section(ds: &Arc<deeprc_bridge::WindowDataset>, n: usize, memcpy: f64) {
     }
     let r = Run {
         batches,
+        samples,
         bytes,
         secs: t.elapsed().as_secs_f64(),
     };

@@ -16,6 +16,7 @@
 
 use crate::dtype::{DType, Native, TensorElement};
 use crate::error::{BridgeError, Result};
+use crate::mem::prefetch;
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, FixedSizeListArray, RecordBatch};
 use arrow::buffer::Buffer;
 use arrow::datatypes::{self as adt, DataType, SchemaRef};
@@ -179,6 +180,140 @@ macro_rules! with_values {
             other => unreachable!("checked numeric, got {other}"),
         }
     }};
+}
+
+/// Calls `$body` with `$chunks: Vec<&[N]>`, the values of every chunk of
+/// a numeric column (`$bool` with `Vec<&BooleanArray>` for booleans): the
+/// type is dispatched once per call, not per row.
+macro_rules! with_chunks {
+    ($col:expr, $chunks:ident => $body:expr, $b:ident => $bool:expr) => {{
+        macro_rules! typed {
+            ($t:ty) => {{
+                let $chunks: Vec<&[<$t as arrow::datatypes::ArrowPrimitiveType>::Native]> = $col
+                    .values
+                    .iter()
+                    .map(|a| a.as_primitive::<$t>().values().as_ref())
+                    .collect();
+                $body
+            }};
+        }
+        match &$col.value_type {
+            DataType::Int8 => typed!(adt::Int8Type),
+            DataType::Int16 => typed!(adt::Int16Type),
+            DataType::Int32 => typed!(adt::Int32Type),
+            DataType::Int64 => typed!(adt::Int64Type),
+            DataType::UInt8 => typed!(adt::UInt8Type),
+            DataType::UInt16 => typed!(adt::UInt16Type),
+            DataType::UInt32 => typed!(adt::UInt32Type),
+            DataType::UInt64 => typed!(adt::UInt64Type),
+            DataType::Float32 => typed!(adt::Float32Type),
+            DataType::Float64 => typed!(adt::Float64Type),
+            DataType::Boolean => {
+                let $b: Vec<&BooleanArray> = $col.values.iter().map(|a| a.as_boolean()).collect();
+                $bool
+            }
+            other => unreachable!("checked numeric, got {other}"),
+        }
+    }};
+}
+
+/// Where and how a column's values are written.
+#[derive(Debug, Clone, Copy)]
+struct Kernel {
+    w: usize,
+    stride: usize,
+    col_offset: usize,
+    affine: Option<Affine>,
+    fill: f64,
+}
+
+impl Kernel {
+    #[inline]
+    fn conv<T: TensorElement>(&self, v: f64) -> T {
+        match self.affine {
+            Some(a) => T::from_f64((v - a.shift) * a.inv_scale),
+            None => T::from_f64(v),
+        }
+    }
+
+    /// A contiguous run `src` (`n * w` values) of rows starting at chunk
+    /// row `start`.
+    #[inline]
+    fn run<N: Native, T: TensorElement>(
+        &self,
+        src: &[N],
+        nulls: Option<&arrow::buffer::NullBuffer>,
+        start: usize,
+        out: &mut [T],
+    ) {
+        let (w, off) = (self.w, self.col_offset);
+        let rows = out.chunks_mut(self.stride);
+        match (nulls, self.affine) {
+            (None, None) if w == 1 => {
+                for (row, v) in rows.zip(src) {
+                    row[off] = v.convert();
+                }
+            }
+            (None, Some(a)) if w == 1 => {
+                for (row, v) in rows.zip(src) {
+                    row[off] = T::from_f64((v.as_f64() - a.shift) * a.inv_scale);
+                }
+            }
+            _ => {
+                for (j, (row, vals)) in rows.zip(src.chunks_exact(w)).enumerate() {
+                    let dst = &mut row[off..off + w];
+                    if nulls.is_some_and(|nb| nb.is_null(start + j)) {
+                        dst.fill(self.conv(self.fill));
+                    } else if self.affine.is_none() {
+                        for (d, v) in dst.iter_mut().zip(vals) {
+                            *d = v.convert();
+                        }
+                    } else {
+                        for (d, v) in dst.iter_mut().zip(vals) {
+                            *d = self.conv(v.as_f64());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows at `locs` (chunk, row in chunk) of `chunks`.
+    #[inline]
+    fn scatter<N: Native, T: TensorElement>(
+        &self,
+        chunks: &[&[N]],
+        nulls: &[Option<arrow::buffer::NullBuffer>],
+        locs: &[(usize, usize)],
+        out: &mut [T],
+    ) {
+        let (w, off) = (self.w, self.col_offset);
+        let any_nulls = nulls.iter().any(Option::is_some);
+        const AHEAD: usize = 8;
+        for (j, (row, &(c, o))) in out.chunks_mut(self.stride).zip(locs).enumerate() {
+            if let Some(&(nc, no)) = locs.get(j + AHEAD) {
+                prefetch(chunks[nc].as_ptr().wrapping_add(no * w));
+            }
+            let dst = &mut row[off..off + w];
+            if any_nulls && nulls[c].as_ref().is_some_and(|nb| nb.is_null(o)) {
+                dst.fill(self.conv(self.fill));
+                continue;
+            }
+            let src = &chunks[c][o * w..(o + 1) * w];
+            match self.affine {
+                None => {
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d = v.convert();
+                    }
+                }
+                Some(a) => {
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d = T::from_f64((v.as_f64() - a.shift) * a.inv_scale);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Normalisation applied while copying: `(x - shift) * inv_scale`.
@@ -354,19 +489,24 @@ impl Column {
                 return;
             }
         }
-        for (j, &row) in rows.iter().enumerate() {
-            let (c, o) = self.locate(row);
-            self.gather_run(
-                c,
-                o,
-                1,
-                &mut out[j * stride..],
-                stride,
-                col_offset,
-                affine,
-                fill,
-            );
-        }
+        let locs: Vec<(usize, usize)> = rows.iter().map(|&r| self.locate(r)).collect();
+        let k = Kernel {
+            w: self.width,
+            stride,
+            col_offset,
+            affine,
+            fill: fill.unwrap_or(f64::NAN),
+        };
+        let nulls = &self.nulls;
+        with_chunks!(self, chunks => k.scatter(&chunks, nulls, &locs, out), bools => {
+            for (j, &(c, o)) in locs.iter().enumerate() {
+                let valid = nulls[c].as_ref().is_none_or(|n| n.is_valid(o));
+                for i in 0..k.w {
+                    let v = if valid { bools[c].value(o * k.w + i).as_f64() } else { k.fill };
+                    out[j * stride + col_offset + i] = k.conv(v);
+                }
+            }
+        })
     }
 
     /// Copies the rows `range` like [`Column::gather`] (row `range.start + j`
@@ -401,8 +541,8 @@ impl Column {
         }
     }
 
+    /// Rows `start..start + n` of chunk `c` into `out` (row j at `j * stride`).
     #[allow(clippy::too_many_arguments)]
-    #[inline]
     fn gather_run<T: TensorElement>(
         &self,
         c: usize,
@@ -414,37 +554,22 @@ impl Column {
         affine: Option<Affine>,
         fill: Option<f64>,
     ) {
-        let w = self.width;
-        let nulls = self.nulls[c].as_ref();
-        let conv = |v: f64| -> T {
-            match affine {
-                Some(a) => T::from_f64((v - a.shift) * a.inv_scale),
-                None => T::from_f64(v),
-            }
+        let k = Kernel {
+            w: self.width,
+            stride,
+            col_offset,
+            affine,
+            fill: fill.unwrap_or(f64::NAN),
         };
+        let nulls = self.nulls[c].as_ref();
         with_values!(self.values[c].as_ref(), vals => {
-            let src = &vals[start * w..(start + n) * w];
-            for j in 0..n {
-                let dst = &mut out[j * stride + col_offset..j * stride + col_offset + w];
-                let valid = nulls.is_none_or(|nb| nb.is_valid(start + j));
-                if !valid {
-                    dst.fill(conv(fill.unwrap_or(f64::NAN)));
-                } else if affine.is_none() {
-                    for (d, s) in dst.iter_mut().zip(&src[j * w..(j + 1) * w]) {
-                        *d = s.convert::<T>();
-                    }
-                } else {
-                    for (d, s) in dst.iter_mut().zip(&src[j * w..(j + 1) * w]) {
-                        *d = conv(s.as_f64());
-                    }
-                }
-            }
+            k.run(&vals[start * k.w..(start + n) * k.w], nulls, start, out)
         }, bools => {
             for j in 0..n {
                 let valid = nulls.is_none_or(|nb| nb.is_valid(start + j));
-                for i in 0..w {
-                    let v = if valid { bools.value((start + j) * w + i).as_f64() } else { fill.unwrap_or(f64::NAN) };
-                    out[j * stride + col_offset + i] = conv(v);
+                for i in 0..k.w {
+                    let v = if valid { bools.value((start + j) * k.w + i).as_f64() } else { k.fill };
+                    out[j * stride + col_offset + i] = k.conv(v);
                 }
             }
         })

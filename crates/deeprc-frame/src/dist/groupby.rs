@@ -16,7 +16,7 @@ use deeprc_comm::Communicator;
 /// ranks hold an empty partition).
 ///
 /// # Errors
-/// As [`crate::local::group_by`], on every rank alike.
+/// As [`crate::local::group_by()`], on every rank alike.
 pub fn group_by(
     comm: &dyn Communicator,
     table: &Table,

@@ -14,12 +14,12 @@ use deeprc_comm::{Communicator, CommunicatorExt, ReduceOp};
 use std::sync::Arc;
 
 /// Joins the distributed tables whose partitions are `left` and `right`
-/// (every join type of [`crate::local::join`]): rows with equal keys meet on
+/// (every join type of [`crate::local::join()`]): rows with equal keys meet on
 /// one rank after the shuffle. The result stays distributed; its row order
 /// is unspecified.
 ///
 /// # Errors
-/// As [`crate::local::join`], on every rank alike (schemas are the same on
+/// As [`crate::local::join()`], on every rank alike (schemas are the same on
 /// every rank); communication errors.
 pub fn join(
     comm: &dyn Communicator,

@@ -328,7 +328,12 @@ pub(crate) fn bucket_exchange(
 
 /// Bucket of every row by hash of `key_idx`: rank from the high bits of the
 /// hash, bucket within the rank from the low bits.
-pub(crate) fn hash_buckets(batch: &RecordBatch, key_idx: &[usize], n: usize, per_rank: usize) -> Result<Vec<u32>> {
+pub(crate) fn hash_buckets(
+    batch: &RecordBatch,
+    key_idx: &[usize],
+    n: usize,
+    per_rank: usize,
+) -> Result<Vec<u32>> {
     let cols: Vec<ArrayRef> = key_idx
         .iter()
         .map(|&i| Arc::clone(batch.column(i)))

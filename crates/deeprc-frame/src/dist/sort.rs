@@ -17,7 +17,9 @@
 
 use crate::dist::shuffle::{bucket_exchange, buckets_per_rank};
 use crate::error::{Context, FrameError, Result};
-use crate::local::sort::{check_keys, codes_supported, order_codes, sort as local_sort, OrderCodes, SortKey};
+use crate::local::sort::{
+    check_keys, codes_supported, order_codes, sort as local_sort, OrderCodes, SortKey,
+};
 use crate::table::{column_index, Table};
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
@@ -28,7 +30,7 @@ use std::sync::Arc;
 /// Sorts the distributed table by `keys` across all ranks.
 ///
 /// # Errors
-/// As [`crate::local::sort`], on every rank alike; communication errors.
+/// As [`crate::local::sort()`], on every rank alike; communication errors.
 pub fn sort(comm: &dyn Communicator, table: &Table, keys: &[SortKey]) -> Result<Table> {
     check_keys(table, keys)?;
     let n = comm.size();
@@ -67,7 +69,10 @@ pub fn sort(comm: &dyn Communicator, table: &Table, keys: &[SortKey]) -> Result<
             .iter()
             .zip(keys)
             .map(|(&i, k)| {
-                SortField::new_with_options(table.schema().field(i).data_type().clone(), k.options())
+                SortField::new_with_options(
+                    table.schema().field(i).data_type().clone(),
+                    k.options(),
+                )
             })
             .collect();
         let conv = RowConverter::new(fields).ctx("making a row converter for sort keys")?;
@@ -131,13 +136,21 @@ fn dest_by_codes(
     // Valid codes, in order, for sampling.
     let valid: Vec<u64> = codes
         .iter()
-        .flat_map(|c| (0..c.codes.len()).filter(|&i| !is_null(c, i)).map(|i| c.codes[i]))
+        .flat_map(|c| {
+            (0..c.codes.len())
+                .filter(|&i| !is_null(c, i))
+                .map(|i| c.codes[i])
+        })
         .collect();
     let sample: Vec<u64> = sample_positions(valid.len(), sample_count)
         .map(|p| valid[p])
         .collect();
     drop(valid);
-    let all: Vec<u64> = comm.all_gather_pod(&sample)?.into_iter().flatten().collect();
+    let all: Vec<u64> = comm
+        .all_gather_pod(&sample)?
+        .into_iter()
+        .flatten()
+        .collect();
     let split = splitters(all, nb);
     let null_dest = if key.nulls_first { 0 } else { (nb - 1) as u32 };
     let home = (me * nb / comm.size()) as u32;

@@ -299,6 +299,11 @@ impl DistTable {
         if paths.is_empty() {
             return Err(FrameError::invalid("read_csv", "no file given"));
         }
+        // Every rank checks every path first: a missing file fails all
+        // ranks at once instead of leaving the others in a collective.
+        for p in paths {
+            require(p, "a CSV file")?;
+        }
         let schema = match &options.schema {
             Some(s) => Arc::clone(s),
             None => {

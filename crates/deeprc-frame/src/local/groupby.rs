@@ -1,24 +1,26 @@
 //! Group-by with sum, min, max, count, mean, var, std, nunique and quantile.
 //!
-//! Group ids come from the hash tables of [`keys`](super::keys); each
+//! Group ids come from the hash tables of `keys`; each
 //! aggregate is one vectorised pass over (group id, value). Hand-written
 //! because Arrow has no grouped kernels and DataFusion's accumulators are
 //! internal to its `AggregateExec`; `quantile` (exact, linear interpolation
 //! as in pandas) has no DataFusion counterpart in this version. The same
 //! passes compute the partial states and merges of the distributed
-//! group-by ([`partial_aggregate`], [`merge_partials`]).
+//! group-by (`partial_aggregate`, `merge_partials`).
 
 use crate::error::{Context, FrameError, Result};
-use crate::local::keys::{group_rows, KeyEncoder};
+use crate::local::keys::{group_rows, Grouper, KeyEncoder};
 use crate::local::sort::{order_codes, SortKey};
 use crate::table::{column_index, Table};
 use datafusion::arrow::array::{
-    make_comparator, Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch,
-    RecordBatchOptions, UInt32Array, UInt64Array,
+    make_comparator, new_null_array, Array, ArrayRef, AsArray, Float64Array, Int64Array,
+    RecordBatch, RecordBatchOptions, UInt32Array, UInt64Array,
 };
 use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer};
-use datafusion::arrow::compute::{cast, take, SortOptions};
-use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, UInt64Type};
+use datafusion::arrow::compute::{cast, interleave, take, SortOptions};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type,
+};
 use std::sync::Arc;
 
 /// An aggregate function.
@@ -187,61 +189,79 @@ pub(crate) fn check_group_by(schema: &Schema, keys: &[&str], aggs: &[Agg]) -> Re
 /// aggregate of a non-numeric column.
 pub fn group_by(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
     check_group_by(table.schema(), keys, aggs)?;
-    let batch = needed_columns(table, keys, aggs)?;
-    let g = Groups::of(&batch, keys)?;
-    let mut fields = g.key_fields(&batch);
-    let mut cols = g.key_columns(&batch)?;
+    let g = Groups::of(&needed_columns(table, keys, aggs)?, keys)?;
+    let mut fields = g.key_fields();
+    let mut cols = g.key_columns()?;
     for a in aggs {
-        let col = batch.column(column_index(&batch.schema(), &a.column)?);
-        let out = compute(a.func, col, &g)?;
+        let out = compute(a.func, &g.chunks(&a.column)?, &g)?;
         fields.push(Field::new(a.output_name(), out.data_type().clone(), true));
         cols.push(out);
     }
     g.finish(fields, cols)
 }
 
-/// The key and aggregated columns of `table` as one batch (only those are
-/// concatenated).
-fn needed_columns(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<RecordBatch> {
+/// The key and aggregated columns of `table` (zero-copy projection).
+fn needed_columns(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
     let mut cols: Vec<&str> = keys.to_vec();
     for a in aggs {
         if !cols.contains(&a.column.as_str()) {
             cols.push(&a.column);
         }
     }
-    crate::local::project(table, &cols)?.to_batch()
+    crate::local::project(table, &cols)
 }
 
-/// Group ids of a batch.
+/// Group ids of the rows of a table's batches, computed batch by batch
+/// (no concatenation); row numbers are global over the batches.
 pub(crate) struct Groups {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    /// Start row of each batch, plus the total.
+    offsets: Vec<usize>,
     gids: Vec<u32>,
     first_row: Vec<u32>,
     key_idx: Vec<usize>,
 }
 
 impl Groups {
-    pub(crate) fn of(batch: &RecordBatch, keys: &[&str]) -> Result<Self> {
+    pub(crate) fn of(table: &Table, keys: &[&str]) -> Result<Self> {
+        let schema = Arc::clone(table.schema());
         let key_idx = keys
             .iter()
-            .map(|k| column_index(&batch.schema(), k))
+            .map(|k| column_index(&schema, k))
             .collect::<Result<Vec<_>>>()?;
+        let batches: Vec<RecordBatch> = table.non_empty_batches().cloned().collect();
+        let mut offsets = vec![0];
+        for b in &batches {
+            offsets.push(offsets.last().copied().unwrap_or(0) + b.num_rows());
+        }
         if key_idx.is_empty() {
             return Ok(Self {
-                gids: vec![0; batch.num_rows()],
+                gids: vec![0; offsets[batches.len()]],
                 first_row: vec![0],
+                schema,
+                batches,
+                offsets,
                 key_idx,
             });
         }
-        let cols: Vec<ArrayRef> = key_idx
+        let types: Vec<DataType> = key_idx
             .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
+            .map(|&i| schema.field(i).data_type().clone())
             .collect();
-        let types: Vec<DataType> = cols.iter().map(|c| c.data_type().clone()).collect();
-        let rows = KeyEncoder::new(&types)?.encode(&cols)?;
-        let grouping = group_rows(&rows);
+        let enc = KeyEncoder::new(&types)?;
+        let mut grouper = Grouper::new(offsets[batches.len()]);
+        for (b, &base) in batches.iter().zip(&offsets) {
+            let cols: Vec<ArrayRef> = key_idx.iter().map(|&i| Arc::clone(b.column(i))).collect();
+            grouper.push(&enc.encode(&cols)?, base as u32);
+        }
+        let grouping = grouper.finish();
         Ok(Self {
             gids: grouping.gids,
             first_row: grouping.first_row,
+            schema,
+            batches,
+            offsets,
             key_idx,
         })
     }
@@ -250,19 +270,65 @@ impl Groups {
         self.first_row.len()
     }
 
-    fn key_fields(&self, batch: &RecordBatch) -> Vec<Field> {
+    /// Column `name` of every batch.
+    fn chunks(&self, name: &str) -> Result<Chunks<'_>> {
+        let i = column_index(&self.schema, name)?;
+        Ok(Chunks {
+            arrays: self
+                .batches
+                .iter()
+                .map(|b| Arc::clone(b.column(i)))
+                .collect(),
+            dt: self.schema.field(i).data_type().clone(),
+            g: self,
+        })
+    }
+
+    /// The gids of batch `k`.
+    fn gids_of(&self, k: usize) -> &[u32] {
+        &self.gids[self.offsets[k]..self.offsets[k + 1]]
+    }
+
+    /// (batch, row) of global row `r`.
+    fn locate(&self, r: u32) -> (usize, usize) {
+        let r = r as usize;
+        let k = self.offsets.partition_point(|&o| o <= r) - 1;
+        (k, r - self.offsets[k])
+    }
+
+    fn key_fields(&self) -> Vec<Field> {
         self.key_idx
             .iter()
-            .map(|&i| batch.schema().field(i).clone())
+            .map(|&i| self.schema.field(i).clone())
             .collect()
     }
 
-    fn key_columns(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        let idx = UInt32Array::from(self.first_row.clone());
+    fn key_columns(&self) -> Result<Vec<ArrayRef>> {
+        let rows: Vec<Option<u32>> = self.first_row.iter().map(|&r| Some(r)).collect();
         self.key_idx
             .iter()
-            .map(|&i| take(batch.column(i).as_ref(), &idx, None).ctx("taking group keys"))
+            .map(|&i| {
+                let arrays: Vec<ArrayRef> = self
+                    .batches
+                    .iter()
+                    .map(|b| Arc::clone(b.column(i)))
+                    .collect();
+                self.gather(&arrays, self.schema.field(i).data_type(), &rows)
+            })
             .collect()
+    }
+
+    /// Values at global rows (`None` gives a null), from per-batch arrays.
+    fn gather(&self, arrays: &[ArrayRef], dt: &DataType, rows: &[Option<u32>]) -> Result<ArrayRef> {
+        let null = new_null_array(dt, 1);
+        let mut sources: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+        sources.push(null.as_ref());
+        let extra = sources.len() - 1;
+        let idx: Vec<(usize, usize)> = rows
+            .iter()
+            .map(|r| r.map_or((extra, 0), |r| self.locate(r)))
+            .collect();
+        interleave(&sources, &idx).ctx("gathering group values")
     }
 
     fn finish(&self, fields: Vec<Field>, cols: Vec<ArrayRef>) -> Result<Table> {
@@ -277,6 +343,45 @@ impl Groups {
     }
 }
 
+/// One column of a group-by input, batch by batch.
+struct Chunks<'a> {
+    arrays: Vec<ArrayRef>,
+    dt: DataType,
+    g: &'a Groups,
+}
+
+impl Chunks<'_> {
+    /// (array, gids) of every batch.
+    fn iter(&self) -> impl Iterator<Item = (&ArrayRef, &[u32])> {
+        self.arrays
+            .iter()
+            .enumerate()
+            .map(|(k, a)| (a, self.g.gids_of(k)))
+    }
+
+    /// Every batch cast to `dt`.
+    fn cast(&self, dt: &DataType) -> Result<Chunks<'_>> {
+        Ok(Chunks {
+            arrays: self
+                .arrays
+                .iter()
+                .map(|a| cast(a, dt).ctx("casting an aggregated column"))
+                .collect::<Result<_>>()?,
+            dt: dt.clone(),
+            g: self.g,
+        })
+    }
+
+    /// The whole column as one array (for the aggregates that need it).
+    fn concat(&self) -> Result<ArrayRef> {
+        if self.arrays.is_empty() {
+            return Ok(datafusion::arrow::array::new_empty_array(&self.dt));
+        }
+        let parts: Vec<&dyn Array> = self.arrays.iter().map(|a| a.as_ref()).collect();
+        datafusion::arrow::compute::concat(&parts).ctx("concatenating a column")
+    }
+}
+
 fn nulls_where_zero(counts: &[i64]) -> Option<NullBuffer> {
     if counts.iter().all(|&c| c > 0) {
         return None;
@@ -286,7 +391,7 @@ fn nulls_where_zero(counts: &[i64]) -> Option<NullBuffer> {
     )))
 }
 
-fn compute(func: AggFunc, col: &ArrayRef, g: &Groups) -> Result<ArrayRef> {
+fn compute(func: AggFunc, col: &Chunks<'_>, g: &Groups) -> Result<ArrayRef> {
     let n = g.len();
     Ok(match func {
         AggFunc::Count => Arc::new(Int64Array::from(counts(col, g))),
@@ -305,60 +410,66 @@ fn compute(func: AggFunc, col: &ArrayRef, g: &Groups) -> Result<ArrayRef> {
             finish_var(&m, func == AggFunc::Std)
         }
         AggFunc::Min | AggFunc::Max => extreme(col, g, func == AggFunc::Max)?,
-        AggFunc::NUnique => nunique(col, g)?,
-        AggFunc::Quantile(q) => quantile(col, g, q, n)?,
+        AggFunc::NUnique => nunique(&col.concat()?, g)?,
+        AggFunc::Quantile(q) => quantile(&col.concat()?, g, q, n)?,
     })
 }
 
-fn counts(col: &ArrayRef, g: &Groups) -> Vec<i64> {
+fn counts(col: &Chunks<'_>, g: &Groups) -> Vec<i64> {
     let mut c = vec![0i64; g.len()];
-    match col.logical_nulls() {
-        None => {
-            for &gid in &g.gids {
-                c[gid as usize] += 1;
+    for (a, gids) in col.iter() {
+        match a.logical_nulls() {
+            None => {
+                for &gid in gids {
+                    c[gid as usize] += 1;
+                }
             }
-        }
-        Some(nulls) => {
-            for (i, &gid) in g.gids.iter().enumerate() {
-                c[gid as usize] += nulls.is_valid(i) as i64;
+            Some(nulls) => {
+                for (i, &gid) in gids.iter().enumerate() {
+                    c[gid as usize] += nulls.is_valid(i) as i64;
+                }
             }
         }
     }
     c
 }
 
-fn sum(col: &ArrayRef, g: &Groups) -> Result<ArrayRef> {
-    let dt = col.data_type();
+fn sum(col: &Chunks<'_>, g: &Groups) -> Result<ArrayRef> {
+    let dt = col.dt.clone();
+    if dt.is_floating() {
+        let (s, c) = sum_f64(col, g)?;
+        return Ok(Arc::new(Float64Array::new(s.into(), nulls_where_zero(&c))));
+    }
     let c = counts(col, g);
     let nulls = nulls_where_zero(&c);
-    if dt.is_floating() {
-        let (s, _) = sum_f64(col, g)?;
-        return Ok(Arc::new(Float64Array::new(s.into(), nulls)));
-    }
-    if *dt == DataType::UInt64 {
-        let a = col.as_primitive::<UInt64Type>();
+    if dt == DataType::UInt64 {
         let mut s = vec![0u64; g.len()];
-        for (i, (&gid, &v)) in g.gids.iter().zip(a.values().iter()).enumerate() {
-            if a.is_valid(i) {
-                s[gid as usize] = s[gid as usize].wrapping_add(v);
+        for (a, gids) in col.iter() {
+            let a = a.as_primitive::<UInt64Type>();
+            for (i, (&gid, &v)) in gids.iter().zip(a.values().iter()).enumerate() {
+                if a.is_valid(i) {
+                    s[gid as usize] = s[gid as usize].wrapping_add(v);
+                }
             }
         }
         return Ok(Arc::new(UInt64Array::new(s.into(), nulls)));
     }
-    let a = cast(col, &DataType::Int64).ctx("casting to Int64 for sum")?;
-    let a = a.as_primitive::<Int64Type>();
+    let ints = col.cast(&DataType::Int64)?;
     let mut s = vec![0i64; g.len()];
-    // Nulls hold arbitrary values: mask them.
-    match a.nulls() {
-        None => {
-            for (&gid, &v) in g.gids.iter().zip(a.values().iter()) {
-                s[gid as usize] = s[gid as usize].wrapping_add(v);
-            }
-        }
-        Some(nb) => {
-            for (i, (&gid, &v)) in g.gids.iter().zip(a.values().iter()).enumerate() {
-                if nb.is_valid(i) {
+    for (a, gids) in ints.iter() {
+        let a = a.as_primitive::<Int64Type>();
+        // Nulls hold arbitrary values: mask them.
+        match a.nulls() {
+            None => {
+                for (&gid, &v) in gids.iter().zip(a.values().iter()) {
                     s[gid as usize] = s[gid as usize].wrapping_add(v);
+                }
+            }
+            Some(nb) => {
+                for (i, (&gid, &v)) in gids.iter().zip(a.values().iter()).enumerate() {
+                    if nb.is_valid(i) {
+                        s[gid as usize] = s[gid as usize].wrapping_add(v);
+                    }
                 }
             }
         }
@@ -366,27 +477,25 @@ fn sum(col: &ArrayRef, g: &Groups) -> Result<ArrayRef> {
     Ok(Arc::new(Int64Array::new(s.into(), nulls)))
 }
 
-fn as_f64(col: &ArrayRef) -> Result<ArrayRef> {
-    cast(col, &DataType::Float64).ctx("casting to Float64")
-}
-
-fn sum_f64(col: &ArrayRef, g: &Groups) -> Result<(Vec<f64>, Vec<i64>)> {
-    let a = as_f64(col)?;
-    let a = a.as_primitive::<Float64Type>();
+fn sum_f64(col: &Chunks<'_>, g: &Groups) -> Result<(Vec<f64>, Vec<i64>)> {
+    let fl = col.cast(&DataType::Float64)?;
     let mut s = vec![0f64; g.len()];
     let mut c = vec![0i64; g.len()];
-    match a.nulls() {
-        None => {
-            for (&gid, &v) in g.gids.iter().zip(a.values().iter()) {
-                s[gid as usize] += v;
-                c[gid as usize] += 1;
-            }
-        }
-        Some(nb) => {
-            for (i, (&gid, &v)) in g.gids.iter().zip(a.values().iter()).enumerate() {
-                if nb.is_valid(i) {
+    for (a, gids) in fl.iter() {
+        let a = a.as_primitive::<Float64Type>();
+        match a.nulls() {
+            None => {
+                for (&gid, &v) in gids.iter().zip(a.values().iter()) {
                     s[gid as usize] += v;
                     c[gid as usize] += 1;
+                }
+            }
+            Some(nb) => {
+                for (i, (&gid, &v)) in gids.iter().zip(a.values().iter()).enumerate() {
+                    if nb.is_valid(i) {
+                        s[gid as usize] += v;
+                        c[gid as usize] += 1;
+                    }
                 }
             }
         }
@@ -401,53 +510,59 @@ pub(crate) struct Moments {
     m2: Vec<f64>,
 }
 
-fn moments(col: &ArrayRef, g: &Groups) -> Result<Moments> {
-    let a = as_f64(col)?;
-    let a = a.as_primitive::<Float64Type>();
+fn moments(col: &Chunks<'_>, g: &Groups) -> Result<Moments> {
+    let fl = col.cast(&DataType::Float64)?;
     let k = g.len();
     let mut m = Moments {
         n: vec![0; k],
         mean: vec![0.0; k],
         m2: vec![0.0; k],
     };
-    for (i, (&gid, &x)) in g.gids.iter().zip(a.values().iter()).enumerate() {
-        if a.is_null(i) {
-            continue;
+    for (a, gids) in fl.iter() {
+        let a = a.as_primitive::<Float64Type>();
+        for (i, (&gid, &x)) in gids.iter().zip(a.values().iter()).enumerate() {
+            if a.is_null(i) {
+                continue;
+            }
+            let gi = gid as usize;
+            m.n[gi] += 1;
+            let d = x - m.mean[gi];
+            m.mean[gi] += d / m.n[gi] as f64;
+            m.m2[gi] += d * (x - m.mean[gi]);
         }
-        let gi = gid as usize;
-        m.n[gi] += 1;
-        let d = x - m.mean[gi];
-        m.mean[gi] += d / m.n[gi] as f64;
-        m.m2[gi] += d * (x - m.mean[gi]);
     }
     Ok(m)
 }
 
 /// Merges partial moments (Chan et al.'s parallel algorithm).
-fn merge_moments(n: &ArrayRef, mean: &ArrayRef, m2: &ArrayRef, g: &Groups) -> Moments {
-    let (n, mean, m2) = (
-        n.as_primitive::<Int64Type>(),
-        mean.as_primitive::<Float64Type>(),
-        m2.as_primitive::<Float64Type>(),
-    );
+fn merge_moments(n: &Chunks<'_>, mean: &Chunks<'_>, m2: &Chunks<'_>, g: &Groups) -> Moments {
     let k = g.len();
     let mut m = Moments {
         n: vec![0; k],
         mean: vec![0.0; k],
         m2: vec![0.0; k],
     };
-    for (i, &gid) in g.gids.iter().enumerate() {
-        let nb = n.value(i);
-        if nb == 0 {
-            continue;
+    for (b, ((nn, gids), (mm, m22))) in n.iter().zip(mean.arrays.iter().zip(&m2.arrays)).enumerate()
+    {
+        let _ = b;
+        let (nn, mm, m22) = (
+            nn.as_primitive::<Int64Type>(),
+            mm.as_primitive::<Float64Type>(),
+            m22.as_primitive::<Float64Type>(),
+        );
+        for (i, &gid) in gids.iter().enumerate() {
+            let nb = nn.value(i);
+            if nb == 0 {
+                continue;
+            }
+            let gi = gid as usize;
+            let na = m.n[gi];
+            let tot = na + nb;
+            let d = mm.value(i) - m.mean[gi];
+            m.mean[gi] += d * nb as f64 / tot as f64;
+            m.m2[gi] += m22.value(i) + d * d * (na as f64) * (nb as f64) / tot as f64;
+            m.n[gi] = tot;
         }
-        let gi = gid as usize;
-        let na = m.n[gi];
-        let tot = na + nb;
-        let d = mean.value(i) - m.mean[gi];
-        m.mean[gi] += d * nb as f64 / tot as f64;
-        m.m2[gi] += m2.value(i) + d * d * (na as f64) * (nb as f64) / tot as f64;
-        m.n[gi] = tot;
     }
     m
 }
@@ -469,52 +584,59 @@ fn finish_var(m: &Moments, std: bool) -> ArrayRef {
     Arc::new(Float64Array::new(v.into(), Some(NullBuffer::new(valid))))
 }
 
-/// Min or max by arg-min/arg-max, then `take` (keeps the input type).
-fn extreme(col: &ArrayRef, g: &Groups, max: bool) -> Result<ArrayRef> {
+/// Min or max by arg-min/arg-max, then a gather (keeps the input type).
+fn extreme(col: &Chunks<'_>, g: &Groups, max: bool) -> Result<ArrayRef> {
     const NONE: u32 = u32::MAX;
     let k = g.len();
     let mut best = vec![NONE; k];
     let key = SortKey::asc("");
-    if let Some(codes) = order_codes(col, &key)? {
+    if crate::local::sort::codes_supported(&col.dt) {
         let mut best_code = vec![0u64; k];
-        for (i, (&gid, &c)) in g.gids.iter().zip(codes.codes.iter()).enumerate() {
-            if codes.nulls.as_ref().is_some_and(|n| n.is_null(i)) {
-                continue;
-            }
-            let gi = gid as usize;
-            let better = best[gi] == NONE
-                || if max {
-                    c > best_code[gi]
-                } else {
-                    c < best_code[gi]
-                };
-            if better {
-                best[gi] = i as u32;
-                best_code[gi] = c;
+        for (b, (a, gids)) in col.iter().enumerate() {
+            let base = g.offsets[b] as u32;
+            let codes =
+                order_codes(a, &key)?.ok_or_else(|| FrameError::internal("no order codes"))?;
+            for (i, (&gid, &c)) in gids.iter().zip(codes.codes.iter()).enumerate() {
+                if codes.nulls.as_ref().is_some_and(|n| n.is_null(i)) {
+                    continue;
+                }
+                let gi = gid as usize;
+                let better = best[gi] == NONE
+                    || if max {
+                        c > best_code[gi]
+                    } else {
+                        c < best_code[gi]
+                    };
+                if better {
+                    best[gi] = base + i as u32;
+                    best_code[gi] = c;
+                }
             }
         }
-    } else {
-        let cmp =
-            make_comparator(col.as_ref(), col.as_ref(), SortOptions::default()).map_err(|_| {
-                FrameError::unsupported("group_by", format!("min/max of type {}", col.data_type()))
-            })?;
-        for (i, &gid) in g.gids.iter().enumerate() {
-            if col.is_null(i) {
-                continue;
+        let rows: Vec<Option<u32>> = best.iter().map(|&b| (b != NONE).then_some(b)).collect();
+        return g.gather(&col.arrays, &col.dt, &rows);
+    }
+    let whole = col.concat()?;
+    let cmp =
+        make_comparator(whole.as_ref(), whole.as_ref(), SortOptions::default()).map_err(|_| {
+            FrameError::unsupported("group_by", format!("min/max of type {}", whole.data_type()))
+        })?;
+    for (i, &gid) in g.gids.iter().enumerate() {
+        if whole.is_null(i) {
+            continue;
+        }
+        let gi = gid as usize;
+        let b = best[gi];
+        let better = b == NONE || {
+            let o = cmp(i, b as usize);
+            if max {
+                o.is_gt()
+            } else {
+                o.is_lt()
             }
-            let gi = gid as usize;
-            let b = best[gi];
-            let better = b == NONE || {
-                let o = cmp(i, b as usize);
-                if max {
-                    o.is_gt()
-                } else {
-                    o.is_lt()
-                }
-            };
-            if better {
-                best[gi] = i as u32;
-            }
+        };
+        if better {
+            best[gi] = i as u32;
         }
     }
     let valid = BooleanBuffer::from_iter(best.iter().map(|&b| b != NONE));
@@ -523,7 +645,7 @@ fn extreme(col: &ArrayRef, g: &Groups, max: bool) -> Result<ArrayRef> {
         .map(|&b| if b == NONE { 0 } else { b })
         .collect();
     let idx = UInt32Array::new(values.into(), Some(NullBuffer::new(valid)));
-    take(col.as_ref(), &idx, None).ctx("taking min/max")
+    take(whole.as_ref(), &idx, None).ctx("taking min/max")
 }
 
 fn nunique(col: &ArrayRef, g: &Groups) -> Result<ArrayRef> {
@@ -542,7 +664,7 @@ fn nunique(col: &ArrayRef, g: &Groups) -> Result<ArrayRef> {
 }
 
 fn quantile(col: &ArrayRef, g: &Groups, q: f64, k: usize) -> Result<ArrayRef> {
-    let a = as_f64(col)?;
+    let a = cast(col, &DataType::Float64).ctx("casting to Float64")?;
     let a = a.as_primitive::<Float64Type>();
     let mut offsets = vec![0usize; k + 1];
     for (i, &gid) in g.gids.iter().enumerate() {
@@ -592,16 +714,15 @@ fn partial_name(i: usize, j: usize) -> String {
 /// Local pre-aggregation: key columns plus the partial state of every
 /// (decomposable) aggregate.
 pub(crate) fn partial_aggregate(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
-    let batch = needed_columns(table, keys, aggs)?;
-    let g = Groups::of(&batch, keys)?;
-    let mut fields = g.key_fields(&batch);
-    let mut cols = g.key_columns(&batch)?;
+    let g = Groups::of(&needed_columns(table, keys, aggs)?, keys)?;
+    let mut fields = g.key_fields();
+    let mut cols = g.key_columns()?;
     let mut push = |name: String, a: ArrayRef| {
         fields.push(Field::new(name, a.data_type().clone(), true));
         cols.push(a);
     };
     for (i, a) in aggs.iter().enumerate() {
-        let col = batch.column(column_index(&batch.schema(), &a.column)?);
+        let col = &g.chunks(&a.column)?;
         match a.func {
             AggFunc::Sum | AggFunc::Min | AggFunc::Max | AggFunc::Count => {
                 push(partial_name(i, 0), compute(a.func, col, &g)?)
@@ -629,26 +750,23 @@ pub(crate) fn partial_aggregate(table: &Table, keys: &[&str], aggs: &[Agg]) -> R
 
 /// Merges partial states (after the shuffle) into the final aggregates.
 pub(crate) fn merge_partials(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
-    let batch = table.to_batch()?;
-    let g = Groups::of(&batch, keys)?;
-    let mut fields = g.key_fields(&batch);
-    let mut cols = g.key_columns(&batch)?;
-    let p = |i: usize, j: usize| -> Result<&ArrayRef> {
-        Ok(batch.column(column_index(&batch.schema(), &partial_name(i, j))?))
-    };
+    let g = Groups::of(table, keys)?;
+    let mut fields = g.key_fields();
+    let mut cols = g.key_columns()?;
+    let p = |i: usize, j: usize| g.chunks(&partial_name(i, j));
     for (i, a) in aggs.iter().enumerate() {
         let out: ArrayRef = match a.func {
-            AggFunc::Sum => compute(AggFunc::Sum, p(i, 0)?, &g)?,
-            AggFunc::Min | AggFunc::Max => compute(a.func, p(i, 0)?, &g)?,
+            AggFunc::Sum => compute(AggFunc::Sum, &p(i, 0)?, &g)?,
+            AggFunc::Min | AggFunc::Max => compute(a.func, &p(i, 0)?, &g)?,
             AggFunc::Count => {
-                let s = compute(AggFunc::Sum, p(i, 0)?, &g)?;
+                let s = compute(AggFunc::Sum, &p(i, 0)?, &g)?;
                 // A group exists only where some rank had rows: never null.
                 let s = s.as_primitive::<Int64Type>();
                 Arc::new(Int64Array::from(s.values().to_vec()))
             }
             AggFunc::Mean => {
-                let (s, _) = sum_f64(p(i, 0)?, &g)?;
-                let c = compute(AggFunc::Sum, p(i, 1)?, &g)?;
+                let (s, _) = sum_f64(&p(i, 0)?, &g)?;
+                let c = compute(AggFunc::Sum, &p(i, 1)?, &g)?;
                 let c = c.as_primitive::<Int64Type>().values().to_vec();
                 let v: Vec<f64> = s
                     .iter()
@@ -658,7 +776,7 @@ pub(crate) fn merge_partials(table: &Table, keys: &[&str], aggs: &[Agg]) -> Resu
                 Arc::new(Float64Array::new(v.into(), nulls_where_zero(&c)))
             }
             AggFunc::Var | AggFunc::Std => {
-                let m = merge_moments(p(i, 0)?, p(i, 1)?, p(i, 2)?, &g);
+                let m = merge_moments(&p(i, 0)?, &p(i, 1)?, &p(i, 2)?, &g);
                 finish_var(&m, a.func == AggFunc::Std)
             }
             AggFunc::NUnique | AggFunc::Quantile(_) => {

@@ -1,7 +1,7 @@
 //! Joins: inner, left, right, full outer, semi and anti, on one or several
 //! key columns, by hashing or by sorting and merging.
 //!
-//! Hand-written over [`keys`](super::keys) because DataFusion's join
+//! Hand-written over `keys` because DataFusion's join
 //! operators are streaming `ExecutionPlan`s (planning, an async runtime,
 //! qualified names instead of suffixes). Both algorithms compute pairs of row
 //! indices, and Arrow's `take` builds the output columns:

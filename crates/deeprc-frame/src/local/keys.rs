@@ -336,61 +336,81 @@ impl Grouping {
 /// Assigns group ids in order of first appearance; rows with a null key
 /// form one group of their own (SQL `GROUP BY` and `DISTINCT` semantics).
 pub(crate) fn group_rows(keys: &KeyRows) -> Grouping {
-    let n = keys.len();
-    let mut gids = Vec::with_capacity(n);
-    let mut first_row = Vec::new();
-    match keys {
-        KeyRows::Int {
-            values,
-            nulls: None,
-        } => {
-            let mut t = IntTable::with_capacity(1024.min(n));
-            for (i, &k) in values.iter().enumerate() {
-                let (g, new) = t.insert(k);
-                if new {
-                    first_row.push(i as u32);
-                }
-                gids.push(g);
-            }
+    let mut g = Grouper::new(keys.len());
+    g.push(keys, 0);
+    g.finish()
+}
+
+/// [`group_rows`] over several batches of keys (encoded by one encoder),
+/// with row numbers continuing from batch to batch.
+pub(crate) struct Grouper {
+    int: Option<IntTable>,
+    bytes: Option<BytesTable>,
+    /// The output gid of the null group (int keys), once seen.
+    null_gid: Option<u32>,
+    gids: Vec<u32>,
+    first_row: Vec<u32>,
+}
+
+impl Grouper {
+    pub(crate) fn new(rows: usize) -> Self {
+        Self {
+            int: None,
+            bytes: None,
+            null_gid: None,
+            gids: Vec::with_capacity(rows),
+            first_row: Vec::new(),
         }
-        KeyRows::Int {
-            values,
-            nulls: Some(nulls),
-        } => {
-            // The null group takes an output gid of its own: map table gids
-            // to output gids.
-            let mut t = IntTable::with_capacity(1024.min(n));
-            let mut map: Vec<u32> = Vec::new();
-            let mut null_gid: Option<u32> = None;
-            for (i, &k) in values.iter().enumerate() {
-                if nulls.is_null(i) {
-                    let g = *null_gid.get_or_insert_with(|| {
-                        first_row.push(i as u32);
-                        (first_row.len() - 1) as u32
-                    });
-                    gids.push(g);
-                    continue;
+    }
+
+    /// Groups the rows of `keys`, numbered from `base`.
+    pub(crate) fn push(&mut self, keys: &KeyRows, base: u32) {
+        let n = keys.len();
+        match keys {
+            KeyRows::Int { values, nulls } => {
+                let t = self
+                    .int
+                    .get_or_insert_with(|| IntTable::with_capacity(1024.min(n)));
+                for (i, &k) in values.iter().enumerate() {
+                    if nulls.as_ref().is_some_and(|m| m.is_null(i)) {
+                        let first_row = &mut self.first_row;
+                        let g = *self.null_gid.get_or_insert_with(|| {
+                            first_row.push(base + i as u32);
+                            (first_row.len() - 1) as u32
+                        });
+                        self.gids.push(g);
+                        continue;
+                    }
+                    // Table gids skip the null group: shift those after it.
+                    let (tg, new) = t.insert(k);
+                    let g = tg + u32::from(self.null_gid.is_some_and(|ng| tg >= ng));
+                    if new {
+                        self.first_row.push(base + i as u32);
+                    }
+                    self.gids.push(g);
                 }
-                let (tg, new) = t.insert(k);
-                if new {
-                    map.push(first_row.len() as u32);
-                    first_row.push(i as u32);
-                }
-                gids.push(map[tg as usize]);
             }
-        }
-        KeyRows::Rows { rows, .. } => {
-            let mut t = BytesTable::with_capacity(1024.min(n));
-            for i in 0..n {
-                let (g, new) = t.insert(rows.row(i).as_ref());
-                if new {
-                    first_row.push(i as u32);
+            KeyRows::Rows { rows, .. } => {
+                let t = self
+                    .bytes
+                    .get_or_insert_with(|| BytesTable::with_capacity(1024.min(n)));
+                for i in 0..n {
+                    let (g, new) = t.insert(rows.row(i).as_ref());
+                    if new {
+                        self.first_row.push(base + i as u32);
+                    }
+                    self.gids.push(g);
                 }
-                gids.push(g);
             }
         }
     }
-    Grouping { gids, first_row }
+
+    pub(crate) fn finish(self) -> Grouping {
+        Grouping {
+            gids: self.gids,
+            first_row: self.first_row,
+        }
+    }
 }
 
 /// A CSR index of build rows by key for joins: rows with a null key are left

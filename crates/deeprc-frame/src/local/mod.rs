@@ -4,10 +4,10 @@
 //! | operator | module | built on |
 //! |---|---|---|
 //! | project, filter, with_column, rename, slice, concat | [`select`] | DataFusion physical expressions, Arrow `filter` |
-//! | sort | [`sort`] | Arrow `lexsort_to_indices`; own radix sort for one numeric key |
-//! | join (6 types, hash and sort-merge) | [`join`] | own hash table / merge, Arrow `take` |
+//! | sort | [`mod@sort`] | Arrow `lexsort_to_indices`; own radix sort for one numeric key |
+//! | join (6 types, hash and sort-merge) | [`mod@join`] | own hash table / merge, Arrow `take` |
 //! | group-by (9 aggregates) | [`groupby`] | own hash table and accumulators, Arrow `take`/`cast` |
-//! | unique | [`unique`] | own hash table, Arrow `take` |
+//! | unique | [`mod@unique`] | own hash table, Arrow `take` |
 //! | union, intersect, subtract, equals | [`setops`] | own hash table, Arrow row format |
 
 pub mod groupby;

@@ -340,5 +340,14 @@ fn bucketed_join_and_sort_with_small_buckets() {
             }
         }
     }
+    for n in [2, 3] {
+        let c = case(30 + n as u64, n);
+        for (r, res) in on_tcp_threads(n, |comm| battery(comm, &c))
+            .into_iter()
+            .enumerate()
+        {
+            res.unwrap_or_else(|e| panic!("tcp, {n} ranks, rank {r}: {e}"));
+        }
+    }
     deeprc_frame::dist::shuffle::set_bucket_rows(1 << 16);
 }

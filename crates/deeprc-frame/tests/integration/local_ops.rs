@@ -336,3 +336,33 @@ fn dataframe_round_trip_is_zero_copy() {
     let b = back.batches()[0].column(0).to_data();
     assert_eq!(a.buffers()[0].as_ptr(), b.buffers()[0].as_ptr());
 }
+
+#[test]
+fn group_by_over_many_batches_equals_one_batch() {
+    let aggs = vec![
+        Agg::sum("f"),
+        Agg::min("t"),
+        Agg::max("s"),
+        Agg::count("i"),
+        Agg::var("f"),
+        Agg::nunique("s"),
+        Agg::quantile("f", 0.7),
+    ];
+    for seed in SEEDS {
+        for g in gens() {
+            let t = gen_table(&mut rng(seed), g.nulls(0.3));
+            let multi = Table::concat(&split(&mut rng(seed + 1), &t, 6)).unwrap();
+            for keys in [vec!["k"], vec!["s", "i"], vec![]] {
+                let a = multi.group_by(&keys, &aggs).unwrap();
+                let b = t.group_by(&keys, &aggs).unwrap();
+                // Same groups in the same (first appearance) order.
+                assert!(
+                    a.equals(&b).unwrap(),
+                    "{keys:?}\n{}\n{}",
+                    a.pretty().unwrap(),
+                    b.pretty().unwrap()
+                );
+            }
+        }
+    }
+}
