@@ -6,3 +6,5 @@ export MPICC="${MPICC:-mpicc.openmpi}"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # Real data is read in place, never copied into the repository.
 export DEEPRC_DATA="${DEEPRC_DATA:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/shared/data}"
+# libtorch / TensorFlow for deeprc-bridge's tch and tensorflow features.
+source "$(dirname "${BASH_SOURCE[0]}")/env-ml.sh"

@@ -16,7 +16,22 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${DEEPRC_VENV:-$root/.venv}"
-py="${DEEPRC_PYTHON:-python3}"
+# torch 2.13.0 and tensorflow-cpu 2.13.1 both have wheels for CPython 3.10
+# and 3.11 only: take the first such interpreter ($DEEPRC_PYTHON wins).
+py="${DEEPRC_PYTHON:-}"
+if [ -z "$py" ]; then
+    for cand in python3.11 python3.10 python3; do
+        if command -v "$cand" >/dev/null 2>&1 &&
+            "$cand" -c 'import sys; sys.exit(0 if sys.version_info[:2] in ((3, 10), (3, 11)) else 1)' 2>/dev/null; then
+            py="$cand"
+            break
+        fi
+    done
+fi
+if [ -z "$py" ]; then
+    echo "setup-ml: needs Python 3.10 or 3.11 (torch 2.13.0 and tensorflow-cpu 2.13.1 wheels); set DEEPRC_PYTHON" >&2
+    exit 1
+fi
 t0=$(date +%s)
 say() { echo "setup-ml: $*"; }
 

@@ -20,3 +20,6 @@ fi
 
 # rsmpi builds against OpenMPI; MPICH is only used by the benchmark script.
 echo "setup: Debian packages present (${packages[*]})"
+
+# libtorch and TensorFlow's C library from PyPI wheels, and the SavedModel.
+"$(dirname "${BASH_SOURCE[0]}")/setup-ml.sh"
