@@ -41,9 +41,9 @@
 //!
 //! # Feature flags
 //!
-//! - `tch`: [`tch`](crate::tch) turns batches into `tch::Tensor`s (libtorch
+//! - `tch`: [`tch`] turns batches into `tch::Tensor`s (libtorch
 //!   2.13 of PyPI's torch wheel, through `$LIBTORCH`; `scripts/setup-ml.sh`).
-//! - `tensorflow`: [`tensorflow`](crate::tensorflow) fills reusable
+//! - `tensorflow`: [`tensorflow`] fills reusable
 //!   `tensorflow::Tensor`s and trains SavedModels (the C library of PyPI's
 //!   tensorflow-cpu 2.13.1; `scripts/setup-ml.sh` writes the link override).
 //!

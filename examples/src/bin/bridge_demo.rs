@@ -15,10 +15,7 @@
 //! horizon step: forecast and truth in degrees C) and `forecast.svg` (the
 //! one-hour-ahead forecast against the truth over the test period).
 
-use deeprc_bridge::{
-    BridgeError, Dataset, Loader, LoaderOptions, Normalize, SamplerOptions, Split, Splits,
-    TimeStep, WindowDataset, WindowSpec,
-};
+use deeprc_bridge::{Dataset, Normalize, Split, Splits, TimeStep, WindowDataset, WindowSpec};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -152,6 +149,7 @@ fn train_tch(
 ) -> Result<Option<String>, Error> {
     use deeprc_bridge::tch::tch_crate::nn::{self, Module, OptimizerConfig};
     use deeprc_bridge::tch::tch_crate::{self as tch, Kind, Tensor};
+    use deeprc_bridge::{BridgeError, Loader, LoaderOptions, SamplerOptions};
     use deeprc_core::Device;
     let Splits {
         train,
@@ -323,6 +321,7 @@ fn train_tch(
 #[cfg(feature = "tensorflow")]
 fn train_tf() -> Result<(), Error> {
     use deeprc_bridge::tensorflow::{default_model_dir, loader, SavedModelTrainer};
+    use deeprc_bridge::{BridgeError, Loader, LoaderOptions, SamplerOptions};
     let dir = default_model_dir();
     let mut model = SavedModelTrainer::load(&dir)?;
     let path = deeprc_frame::io::data_dir().join("ETT-small/ETTh1.csv");
