@@ -70,7 +70,7 @@ fi
 if installed tensorflow-cpu 2.13.1; then
     say "tensorflow-cpu 2.13.1 present"
 else
-    say "installing tensorflow-cpu 2.13.1 (~190 MB + deps)"
+    say "installing tensorflow-cpu 2.13.1 (~190 MB + deps; pip's complaints that torch's CUDA wheels are missing are expected)"
     "${pip[@]}" install tensorflow-cpu==2.13.1
 fi
 purelib="$("$vpy" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')"
