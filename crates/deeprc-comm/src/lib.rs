@@ -38,6 +38,7 @@ pub mod conformance;
 mod error;
 mod group;
 mod init;
+#[macro_use]
 mod macros;
 mod mailbox;
 mod pool;

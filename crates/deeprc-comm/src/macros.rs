@@ -55,3 +55,63 @@ macro_rules! delegate_communicator {
         }
     };
 }
+
+/// Implements [`Communicator`](crate::Communicator) for the stub type of a
+/// backend that was not compiled in: the type holds an `Infallible` field
+/// named `never`, so no value exists and no method can be called.
+#[allow(unused_macros)] // unused when every backend is compiled in
+macro_rules! uninhabited_communicator {
+    ($t:ty, $backend:expr) => {
+        impl $crate::Communicator for $t {
+            fn rank(&self) -> usize {
+                match self.never {}
+            }
+            fn size(&self) -> usize {
+                match self.never {}
+            }
+            fn backend(&self) -> $crate::Backend {
+                $backend
+            }
+            fn send(&self, _: usize, _: $crate::Tag, _: bytes::Bytes) -> $crate::Result<()> {
+                match self.never {}
+            }
+            fn recv(&self, _: usize, _: $crate::Tag) -> $crate::Result<bytes::Bytes> {
+                match self.never {}
+            }
+            fn barrier(&self) -> $crate::Result<()> {
+                match self.never {}
+            }
+            fn broadcast(&self, _: usize, _: bytes::Bytes) -> $crate::Result<bytes::Bytes> {
+                match self.never {}
+            }
+            fn gather(
+                &self,
+                _: usize,
+                _: bytes::Bytes,
+            ) -> $crate::Result<Option<Vec<bytes::Bytes>>> {
+                match self.never {}
+            }
+            fn all_gather(&self, _: bytes::Bytes) -> $crate::Result<Vec<bytes::Bytes>> {
+                match self.never {}
+            }
+            fn all_to_all_v(&self, _: Vec<bytes::Bytes>) -> $crate::Result<Vec<bytes::Bytes>> {
+                match self.never {}
+            }
+            fn all_reduce_raw(
+                &self,
+                _: &mut [u8],
+                _: $crate::DType,
+                _: $crate::ReduceOp,
+            ) -> $crate::Result<()> {
+                match self.never {}
+            }
+            fn split(
+                &self,
+                _: Option<u32>,
+                _: i64,
+            ) -> $crate::Result<Option<std::sync::Arc<dyn $crate::Communicator>>> {
+                match self.never {}
+            }
+        }
+    };
+}

@@ -7,9 +7,8 @@
 
 #[cfg(feature = "tcp")]
 use crate::tcp::StoreSpec;
-use crate::{Backend, CommConfig, Communicator, DType, ReduceOp, Result, Tag};
-use bytes::Bytes;
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use crate::{Backend, CommConfig, Result};
+use std::{convert::Infallible, time::Duration};
 
 /// The rank named by peer-failure errors when Gloo does not say which peer
 /// failed.
@@ -133,52 +132,4 @@ impl GlooComm {
     }
 }
 
-impl Communicator for GlooComm {
-    fn rank(&self) -> usize {
-        match self.never {}
-    }
-
-    fn size(&self) -> usize {
-        match self.never {}
-    }
-
-    fn backend(&self) -> Backend {
-        Backend::Gloo
-    }
-
-    fn send(&self, _dest: usize, _tag: Tag, _data: Bytes) -> Result<()> {
-        match self.never {}
-    }
-
-    fn recv(&self, _source: usize, _tag: Tag) -> Result<Bytes> {
-        match self.never {}
-    }
-
-    fn barrier(&self) -> Result<()> {
-        match self.never {}
-    }
-
-    fn broadcast(&self, _root: usize, _data: Bytes) -> Result<Bytes> {
-        match self.never {}
-    }
-
-    fn gather(&self, _root: usize, _data: Bytes) -> Result<Option<Vec<Bytes>>> {
-        match self.never {}
-    }
-
-    fn all_gather(&self, _data: Bytes) -> Result<Vec<Bytes>> {
-        match self.never {}
-    }
-
-    fn all_to_all_v(&self, _parts: Vec<Bytes>) -> Result<Vec<Bytes>> {
-        match self.never {}
-    }
-
-    fn all_reduce_raw(&self, _data: &mut [u8], _dtype: DType, _op: ReduceOp) -> Result<()> {
-        match self.never {}
-    }
-
-    fn split(&self, _color: Option<u32>, _key: i64) -> Result<Option<Arc<dyn Communicator>>> {
-        match self.never {}
-    }
-}
+uninhabited_communicator!(GlooComm, Backend::Gloo);

@@ -6,8 +6,7 @@
 //! [`CommError::NotCompiled`](crate::CommError::NotCompiled). The device-buffer collectives, which take
 //! cudarc types, exist only with the feature.
 
-use crate::{Backend, CommConfig, Communicator, DType, ReduceOp, Result, Tag};
-use bytes::Bytes;
+use crate::{Backend, CommConfig, Communicator, Result};
 use std::{convert::Infallible, fmt, sync::Arc, time::Duration};
 
 /// An NCCL library version.
@@ -152,55 +151,7 @@ impl NcclComm {
     }
 }
 
-impl Communicator for NcclComm {
-    fn rank(&self) -> usize {
-        match self.never {}
-    }
-
-    fn size(&self) -> usize {
-        match self.never {}
-    }
-
-    fn backend(&self) -> Backend {
-        Backend::Nccl
-    }
-
-    fn send(&self, _dest: usize, _tag: Tag, _data: Bytes) -> Result<()> {
-        match self.never {}
-    }
-
-    fn recv(&self, _source: usize, _tag: Tag) -> Result<Bytes> {
-        match self.never {}
-    }
-
-    fn barrier(&self) -> Result<()> {
-        match self.never {}
-    }
-
-    fn broadcast(&self, _root: usize, _data: Bytes) -> Result<Bytes> {
-        match self.never {}
-    }
-
-    fn gather(&self, _root: usize, _data: Bytes) -> Result<Option<Vec<Bytes>>> {
-        match self.never {}
-    }
-
-    fn all_gather(&self, _data: Bytes) -> Result<Vec<Bytes>> {
-        match self.never {}
-    }
-
-    fn all_to_all_v(&self, _parts: Vec<Bytes>) -> Result<Vec<Bytes>> {
-        match self.never {}
-    }
-
-    fn all_reduce_raw(&self, _data: &mut [u8], _dtype: DType, _op: ReduceOp) -> Result<()> {
-        match self.never {}
-    }
-
-    fn split(&self, _color: Option<u32>, _key: i64) -> Result<Option<Arc<dyn Communicator>>> {
-        match self.never {}
-    }
-}
+uninhabited_communicator!(NcclComm, Backend::Nccl);
 
 #[cfg(all(test, feature = "local"))]
 mod tests {
