@@ -20,7 +20,7 @@ pub use store::Balance;
 pub use windows::{TimeStep, WindowDataset, WindowSpec};
 
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{BridgeError, Result};
 use crate::layout::ArrowView;
 use crate::normalize::Scaler;
 use crate::sampler::ShardInfo;
@@ -142,4 +142,22 @@ pub struct Splits<D> {
     pub test: Option<D>,
     /// Statistics of the feature and target columns.
     pub scaler: Scaler,
+}
+
+impl<D> Splits<D> {
+    /// Assembles the splits from the datasets built in `SplitKind::ALL`
+    /// order (train, validation, test).
+    pub(crate) fn from_ordered(parts: Vec<Option<D>>, scaler: Scaler) -> Result<Self> {
+        let mut it = parts.into_iter();
+        let train = it
+            .next()
+            .flatten()
+            .ok_or_else(|| BridgeError::Internal("train split missing".into()))?;
+        Ok(Splits {
+            train,
+            val: it.next().flatten(),
+            test: it.next().flatten(),
+            scaler,
+        })
+    }
 }

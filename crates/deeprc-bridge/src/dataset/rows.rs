@@ -192,17 +192,7 @@ impl RowSpec {
             )?;
             out.push(store.map(|store| RowDataset { store }));
         }
-        let mut it = out.into_iter();
-        let train = it
-            .next()
-            .flatten()
-            .ok_or_else(|| BridgeError::Internal("train split missing".into()))?;
-        Ok(Splits {
-            train,
-            val: it.next().flatten(),
-            test: it.next().flatten(),
-            scaler,
-        })
+        Splits::from_ordered(out, scaler)
     }
 
     /// Local checks and the split of the rows (no collectives).

@@ -372,17 +372,7 @@ impl WindowSpec {
             )?;
             out.push(store.map(|store| WindowDataset { store }));
         }
-        let mut it = out.into_iter();
-        let train = it
-            .next()
-            .flatten()
-            .ok_or_else(|| BridgeError::Internal("train split missing".into()))?;
-        Ok(Splits {
-            train,
-            val: it.next().flatten(),
-            test: it.next().flatten(),
-            scaler,
-        })
+        Splits::from_ordered(out, scaler)
     }
 
     /// Local checks, series, gaps and windows (no collectives).
