@@ -7,7 +7,7 @@ use crate::error::{BridgeError, Result};
 use crate::layout::{Affine, ArrowView, Column, NullPolicy};
 use crate::normalize::{Normalize, Scaler};
 use crate::source::DataSource;
-use crate::split::{Split, SplitKind};
+use crate::split::Split;
 use std::sync::Arc;
 
 /// What a [`RowDataset`] is made of. Build it with [`RowSpec::build`].
@@ -175,24 +175,13 @@ impl RowSpec {
                 columns: self.targets.clone(),
             },
         };
-        let mut out = Vec::new();
-        for (kind, rows) in SplitKind::ALL.into_iter().zip(members) {
-            let base = RowsBase {
-                cols: Arc::clone(&columns),
-                rows,
-            };
-            let store = Store::build(
-                base,
-                layout.clone(),
-                source.comm.as_ref(),
-                source.sharding,
-                self.balance,
-                kind != SplitKind::Train,
-                kind.name(),
-            )?;
-            out.push(store.map(|store| RowDataset { store }));
-        }
-        Splits::from_ordered(out, scaler)
+        let bases = members.into_iter().map(|rows| RowsBase {
+            cols: Arc::clone(&columns),
+            rows,
+        });
+        Store::build_splits(bases, &layout, &source, self.balance, scaler, |store| {
+            RowDataset { store }
+        })
     }
 
     /// Local checks and the split of the rows (no collectives).

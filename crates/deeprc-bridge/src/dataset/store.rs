@@ -8,11 +8,13 @@
 //! the loader would copy them (normalised, converted), with its metadata, in
 //! one variable all-to-all.
 
-use super::{PartKind, SampleLayout, SampleMeta};
+use super::{PartKind, SampleLayout, SampleMeta, Splits};
 use crate::error::{BridgeError, Result};
 use crate::layout::ArrowView;
+use crate::normalize::Scaler;
 use crate::sampler::ShardInfo;
-use crate::source::Sharding;
+use crate::source::{DataSource, Sharding};
+use crate::split::SplitKind;
 use bytes::{BufMut, Bytes, BytesMut};
 use deeprc_comm::{Communicator, CommunicatorExt};
 use std::sync::Arc;
@@ -69,6 +71,33 @@ pub(crate) struct Store<B> {
 }
 
 impl<B: Base> Store<B> {
+    /// Builds the train, validation and test stores from their bases (in
+    /// `SplitKind::ALL` order) and wraps each in its dataset type; only the
+    /// training split must hold samples somewhere.
+    pub(crate) fn build_splits<D>(
+        bases: impl IntoIterator<Item = B>,
+        layout: &SampleLayout,
+        source: &DataSource,
+        balance: Balance,
+        scaler: Scaler,
+        wrap: impl Fn(Self) -> D,
+    ) -> Result<Splits<D>> {
+        let mut out = Vec::new();
+        for (kind, base) in SplitKind::ALL.into_iter().zip(bases) {
+            let store = Self::build(
+                base,
+                layout.clone(),
+                source.comm.as_ref(),
+                source.sharding,
+                balance,
+                kind != SplitKind::Train,
+                kind.name(),
+            )?;
+            out.push(store.map(&wrap));
+        }
+        Splits::from_ordered(out, scaler)
+    }
+
     /// Builds the store; collective on a partitioned source. `Ok(None)`
     /// when no rank has a sample and `allow_empty` (a validation or test
     /// split that is empty everywhere).

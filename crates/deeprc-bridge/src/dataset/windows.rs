@@ -24,7 +24,7 @@ use crate::layout::{ArrowView, Column, NullPolicy};
 use crate::mem::prefetch;
 use crate::normalize::{Normalize, Scaler};
 use crate::source::DataSource;
-use crate::split::{Split, SplitKind};
+use crate::split::Split;
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::buffer::Buffer;
 use arrow::datatypes::{self as adt, DataType, TimeUnit};
@@ -354,25 +354,14 @@ impl WindowSpec {
                 columns: self.targets.clone(),
             },
         };
-        let mut out = Vec::new();
-        for (kind, (starts, series)) in SplitKind::ALL.into_iter().zip(p.windows) {
-            let base = WindowsBase {
-                frame: Arc::clone(&frame),
-                starts,
-                series,
-            };
-            let store = Store::build(
-                base,
-                layout.clone(),
-                source.comm.as_ref(),
-                source.sharding,
-                self.balance,
-                kind != SplitKind::Train,
-                kind.name(),
-            )?;
-            out.push(store.map(|store| WindowDataset { store }));
-        }
-        Splits::from_ordered(out, scaler)
+        let bases = p.windows.into_iter().map(|(starts, series)| WindowsBase {
+            frame: Arc::clone(&frame),
+            starts,
+            series,
+        });
+        Store::build_splits(bases, &layout, &source, self.balance, scaler, |store| {
+            WindowDataset { store }
+        })
     }
 
     /// Local checks, series, gaps and windows (no collectives).
