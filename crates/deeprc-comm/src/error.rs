@@ -163,6 +163,14 @@ impl CommError {
         }
     }
 
+    /// Checks that `rank` is a rank of a non-empty world of `size`.
+    pub(crate) fn check_world(rank: usize, size: usize) -> Result<()> {
+        if size == 0 || rank >= size {
+            return Err(Self::InvalidRank { rank, size });
+        }
+        Ok(())
+    }
+
     /// `true` for errors that mean a peer is gone or unresponsive.
     pub fn is_peer_failure(&self) -> bool {
         matches!(self, Self::Timeout { .. } | Self::PeerLost { .. })

@@ -430,12 +430,7 @@ impl GlooComm {
     /// missing.
     pub fn connect(o: GlooOptions) -> Result<Self> {
         let start = Instant::now();
-        if o.size == 0 || o.rank >= o.size {
-            return Err(CommError::InvalidRank {
-                rank: o.rank,
-                size: o.size,
-            });
-        }
+        CommError::check_world(o.rank, o.size)?;
         if i32::try_from(o.size).is_err() {
             return Err(CommError::invalid("gloo connect", "more than 2^31 ranks"));
         }

@@ -292,12 +292,7 @@ impl TcpComm {
     /// every rank is connected, or fails after `connect_timeout`.
     pub fn connect(o: TcpOptions) -> Result<Self> {
         let start = Instant::now();
-        if o.size == 0 || o.rank >= o.size {
-            return Err(CommError::InvalidRank {
-                rank: o.rank,
-                size: o.size,
-            });
-        }
+        CommError::check_world(o.rank, o.size)?;
         if o.token.is_empty() {
             return Err(CommError::config("DEEPRC_TOKEN", "the job token is empty"));
         }
