@@ -41,6 +41,7 @@ mod init;
 #[macro_use]
 mod macros;
 mod mailbox;
+mod nccl_types;
 mod pool;
 mod reduce;
 

@@ -1,6 +1,6 @@
 //! The `local` backend: ranks are threads of one process.
 //!
-//! Messages are [`Bytes`](bytes::Bytes) (reference-counted) or boxed values
+//! Messages are [`Bytes`] (reference-counted) or boxed values
 //! moved into the receiver's mailbox: nothing is serialized or copied.
 //! Creating a communicator of `n` ranks allocates `n` mailboxes and nothing
 //! else.

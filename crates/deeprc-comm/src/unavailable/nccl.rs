@@ -6,95 +6,10 @@
 //! [`CommError::NotCompiled`](crate::CommError::NotCompiled). The device-buffer collectives, which take
 //! cudarc types, exist only with the feature.
 
-use crate::{Backend, CommConfig, Communicator, Result};
-use std::{convert::Infallible, fmt, sync::Arc, time::Duration};
+use crate::{Backend, Communicator, Result};
+use std::{convert::Infallible, sync::Arc};
 
-/// An NCCL library version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NcclVersion {
-    /// Major version.
-    pub major: u32,
-    /// Minor version.
-    pub minor: u32,
-    /// Patch level.
-    pub patch: u32,
-}
-
-impl NcclVersion {
-    /// Decodes `NCCL_VERSION_CODE` as returned by `ncclGetVersion`.
-    pub fn from_code(code: u32) -> Self {
-        if code >= 10_000 {
-            Self {
-                major: code / 10_000,
-                minor: code / 100 % 100,
-                patch: code % 100,
-            }
-        } else {
-            Self {
-                major: code / 1000,
-                minor: code / 100 % 10,
-                patch: code % 100,
-            }
-        }
-    }
-}
-
-impl fmt::Display for NcclVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
-    }
-}
-
-/// What `probe` finds with the feature on: the GPUs and libraries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DeviceInfo {
-    /// The number of CUDA devices visible to this process.
-    pub device_count: usize,
-    /// The CUDA driver's API version.
-    pub cuda_driver_version: i32,
-    /// The NCCL library's version.
-    pub nccl_version: NcclVersion,
-}
-
-/// Settings of an [`NcclComm`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NcclOptions {
-    /// How long one NCCL operation may take.
-    pub timeout: Duration,
-    /// How long `ncclCommInitRank` may take.
-    pub connect_timeout: Duration,
-    /// Whether the device collectives check buffer lengths across ranks.
-    pub check_counts: bool,
-}
-
-impl Default for NcclOptions {
-    fn default() -> Self {
-        Self::from_config(&CommConfig::default())
-    }
-}
-
-impl NcclOptions {
-    /// The timeouts of `config`, with the count check on.
-    pub fn from_config(config: &CommConfig) -> Self {
-        Self {
-            timeout: config.timeout,
-            connect_timeout: config.connect_timeout,
-            check_counts: true,
-        }
-    }
-
-    /// The timeouts of [`CommConfig::from_env`], with the count check on.
-    pub fn from_env() -> Result<Self> {
-        Ok(Self::from_config(&CommConfig::from_env()?))
-    }
-
-    /// Turns the count check of the device collectives on or off.
-    pub fn with_check_counts(mut self, on: bool) -> Self {
-        self.check_counts = on;
-        self
-    }
-}
+pub use crate::nccl_types::{DeviceInfo, NcclOptions, NcclVersion};
 
 /// Always [`CommError::NotCompiled`](crate::CommError::NotCompiled): the `nccl` feature is off.
 pub fn probe() -> Result<DeviceInfo> {
@@ -168,7 +83,7 @@ mod tests {
                 ..
             })
         ));
-        let comms = crate::local::create(1, CommConfig::default()).unwrap();
+        let comms = crate::local::create(1, crate::CommConfig::default()).unwrap();
         let host: Arc<dyn Communicator> = Arc::new(comms.into_iter().next().unwrap());
         assert!(matches!(
             NcclComm::from_host(host, 0),
