@@ -2,7 +2,7 @@
 //! deeprc-comm (it needs an MPI library, OpenMPI or MPICH, and libclang).
 //!
 //! The names exist so that code naming them compiles everywhere; every
-//! constructor returns [`CommError::NotCompiled`].
+//! constructor returns [`CommError::NotCompiled`](crate::CommError::NotCompiled).
 //!
 //! ```
 //! use deeprc_comm::{mpi::MpiComm, Backend, CommError};
