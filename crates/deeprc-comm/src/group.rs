@@ -80,6 +80,16 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The context id of the sub-communicator made by split number `seq` of
+/// the group with context `parent`, for `color`. The inputs are chained
+/// through the mixer one after another (never combined by a symmetric
+/// operation such as XOR, under which split 0 with colour 1 and split 2
+/// with colour 0 of one parent collided), so distinct (parent, seq,
+/// colour) give distinct ids up to a 64-bit hash collision.
+fn child_context(parent: u64, seq: u64, color: u32) -> u64 {
+    mix(mix(mix(parent) ^ seq) ^ u64::from(color))
+}
+
 impl Group {
     /// The group of all world ranks.
     pub(crate) fn world(transport: Arc<dyn Transport>) -> Self {
@@ -360,7 +370,7 @@ impl Communicator for Group {
             .iter()
             .position(|&(_, r)| r == self.rank)
             .expect("this rank chose the color");
-        let ctx = mix(self.ctx ^ mix(seq.wrapping_add(1)) ^ mix(u64::from(color) << 1 | 1));
+        let ctx = child_context(self.ctx, seq, color);
         Ok(Some(Arc::new(Group {
             transport: Arc::clone(&self.transport),
             ctx,
@@ -386,5 +396,55 @@ impl Communicator for Group {
             .into_iter()
             .map(|p| p.into_object("all_to_all_objects"))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::child_context;
+    use crate::{local, CommError, Communicator};
+    use bytes::Bytes;
+    use std::collections::HashSet;
+
+    #[test]
+    fn child_contexts_differ_for_every_split_and_colour() {
+        let mut seen = HashSet::new();
+        for parent in [0u64, 1, 0xdead_beef] {
+            for seq in 0..64 {
+                for color in 0..64 {
+                    assert!(
+                        seen.insert(child_context(parent, seq, color)),
+                        "collision at parent {parent}, split {seq}, colour {color}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The case a review found: split 0 with colour 1 and split 2 with
+    /// colour 0 of one parent had the same context id, so a message sent on
+    /// one was received on the other.
+    #[test]
+    fn messages_on_two_sub_communicators_never_cross() {
+        let got = local::launch(2, |comm| {
+            let first = comm.split(Some(1), 0)?.expect("colour 1");
+            let _second = comm.split(Some(5), 0)?.expect("colour 5");
+            let third = comm.split(Some(0), 0)?.expect("colour 0");
+            if comm.rank() == 0 {
+                first.send(1, 7, Bytes::from_static(b"A"))?;
+                third.send(1, 7, Bytes::from_static(b"C"))?;
+                Ok::<_, CommError>(Vec::new())
+            } else {
+                // The third first: it must get "C", not the "A" of the first.
+                let c = third.recv(0, 7)?;
+                let a = first.recv(0, 7)?;
+                Ok(vec![c, a])
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            got[1],
+            vec![Bytes::from_static(b"C"), Bytes::from_static(b"A")]
+        );
     }
 }

@@ -1,21 +1,109 @@
 //! Load tests: 100,000 null function tasks (on threads and in worker
-//! processes) and 10,000 `/bin/true` tasks complete, and the resident
-//! memory of the process stays bounded while they run.
+//! processes) and 10,000 `/bin/true` tasks complete, and the memory the
+//! client keeps does not grow with the number of tasks beyond a fixed
+//! budget per task.
 //!
-//! The bound is on memory, not time: after a warm-up, the growth of VmRSS
-//! over the whole run must stay under a fixed budget per task (the
-//! compact profile record kept for each task, about 160 bytes, plus
-//! allocator slack). Nothing per task is kept on disk for function tasks.
+//! What is measured is what the claim is about: the live heap bytes of this
+//! process (a counting global allocator), read after a warm-up and again
+//! after many more tasks, divided by the number of tasks in between. Unlike
+//! VmRSS, this figure does not move with allocator arenas, page trimming or
+//! whatever else runs on the machine, so the tests fail only when memory
+//! really grows with tasks. (An earlier version bounded the growth of VmRSS
+//! and failed on a loaded CI machine with nothing wrong.) The RSS is still
+//! printed beside it for the reader.
 
 mod common;
 
 use deeprc_pilot::{
     current_rss_bytes, FunctionLaunch, PilotDescription, TaskDescription, TaskManager,
 };
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
-/// RSS is per process: run the load tests one at a time.
+/// The system allocator, counting the bytes currently allocated.
+struct CountingAllocator;
+
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counter is only bookkeeping.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` is forwarded as is.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc_zeroed` is forwarded as is.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with `layout` (above).
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract for `realloc` is forwarded as is.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// The heap bytes live in this process now.
+fn live_heap_bytes() -> i64 {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+/// The heap is per process: run the load tests one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Heap and RSS read at one point of a run.
+#[derive(Clone, Copy)]
+struct Reading {
+    heap: i64,
+    rss: u64,
+}
+
+impl Reading {
+    fn now() -> Self {
+        Reading {
+            heap: live_heap_bytes(),
+            rss: current_rss_bytes().unwrap_or(0),
+        }
+    }
+}
+
+/// Checks that the heap grew by at most `budget` bytes per task between
+/// `before` and `after`, `tasks` tasks apart; prints both measures.
+fn assert_growth_per_task(label: &str, before: Reading, after: Reading, tasks: usize, budget: f64) {
+    let per_task = (after.heap - before.heap) as f64 / tasks as f64;
+    println!(
+        "{label}: live heap {:.1} -> {:.1} MiB over {tasks} tasks ({per_task:.1} B/task, budget \
+         {budget} B/task); RSS {:.1} -> {:.1} MiB",
+        before.heap as f64 / (1 << 20) as f64,
+        after.heap as f64 / (1 << 20) as f64,
+        mib(before.rss),
+        mib(after.rss),
+    );
+    assert!(
+        per_task <= budget,
+        "{label}: the heap grew by {per_task:.1} bytes per task (budget {budget})"
+    );
+}
 
 /// Submits `n` tasks in chunks of `chunk`, dropping the handles, and waits
 /// for each chunk (so that at most `chunk` tasks are in flight).
@@ -42,10 +130,9 @@ fn hundred_thousand_null_function_tasks() {
             common::setup(&format!("load-{launch:?}"), PilotDescription::local());
         let make = move || TaskDescription::function("null").function_launch(launch);
         run(&tm, 10_000, 10_000, &make);
-        let before = current_rss_bytes().unwrap();
+        let before = Reading::now();
         run(&tm, 100_000, 10_000, &make);
-        let after = current_rss_bytes().unwrap();
-        let growth = after.saturating_sub(before);
+        let after = Reading::now();
         // Function tasks leave no files behind (only the worker logs).
         let pilot_sandbox = pilot.sandbox().to_path_buf();
         let entries: Vec<String> = std::fs::read_dir(&pilot_sandbox)
@@ -53,21 +140,15 @@ fn hundred_thousand_null_function_tasks() {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(entries.iter().all(|e| e == "workers"), "{entries:?}");
+        // The profile record kept per task is about 160 bytes; allow for
+        // the growth of the vector that holds them (up to 2x).
+        assert_growth_per_task(&format!("{launch:?}"), before, after, 100_000, 400.0);
         let summary = session.close().unwrap();
         println!(
-            "{launch:?}: 110000 null tasks, {:.0} tasks/s (debug build); RSS {:.1} -> {:.1} MiB (+{:.1} MiB)",
-            summary.throughput,
-            mib(before),
-            mib(after),
-            mib(growth)
+            "{launch:?}: 110000 null tasks, {:.0} tasks/s (debug build)",
+            summary.throughput
         );
         assert_eq!(summary.done, 110_000);
-        // 100,000 tasks: at most 400 bytes each (the profile record is ~160).
-        assert!(
-            growth < 40 << 20,
-            "{launch:?}: RSS grew by {:.1} MiB",
-            mib(growth)
-        );
         assert!(
             !pilot_sandbox.exists(),
             "an empty sandbox is removed at close"
@@ -94,18 +175,12 @@ fn without_task_records_memory_does_not_grow_with_tasks() {
     tm.add_pilot(&pilot);
     let make = || TaskDescription::function("null");
     run(&tm, 20_000, 10_000, &make);
-    let before = current_rss_bytes().unwrap();
+    let before = Reading::now();
     run(&tm, 100_000, 10_000, &make);
-    let after = current_rss_bytes().unwrap();
-    let growth = after.saturating_sub(before);
-    println!(
-        "no records: RSS {:.1} -> {:.1} MiB (+{:.1} MiB)",
-        mib(before),
-        mib(after),
-        mib(growth)
-    );
-    // Only one byte per task (its final state, for dependencies) remains.
-    assert!(growth < 4 << 20, "RSS grew by {:.1} MiB", mib(growth));
+    let after = Reading::now();
+    // Only the final state of each task (for dependencies) remains: a few
+    // bytes in a map, with the map's spare capacity.
+    assert_growth_per_task("no records", before, after, 100_000, 48.0);
     assert_eq!(tm.counts(), (120_000, 120_000));
     session.close().unwrap();
     drop(dir);
@@ -120,19 +195,16 @@ fn ten_thousand_bin_true_tasks() {
     );
     let make = || TaskDescription::executable(["/bin/true"]);
     run(&tm, 1_000, 1_000, &make);
-    let before = current_rss_bytes().unwrap();
+    let before = Reading::now();
     run(&tm, 10_000, 2_000, &make);
-    let after = current_rss_bytes().unwrap();
-    let growth = after.saturating_sub(before);
+    let after = Reading::now();
+    // A record per task plus its sandbox path and exit status.
+    assert_growth_per_task("/bin/true", before, after, 10_000, 1024.0);
     let summary = session.close().unwrap();
     println!(
-        "/bin/true: 11000 tasks, {:.0} tasks/s (debug build); RSS {:.1} -> {:.1} MiB (+{:.1} MiB)",
-        summary.throughput,
-        mib(before),
-        mib(after),
-        mib(growth)
+        "/bin/true: 11000 tasks, {:.0} tasks/s (debug build)",
+        summary.throughput
     );
     assert_eq!(summary.done, 11_000);
-    assert!(growth < 16 << 20, "RSS grew by {:.1} MiB", mib(growth));
     drop(dir);
 }
