@@ -123,6 +123,21 @@ pub enum BridgeError {
         /// Its message.
         message: String,
     },
+    /// A SavedModel lacks a signature that its Rust wrapper needs, or a
+    /// signature lacks an input or output, or has one of another type or
+    /// shape (e.g. a model exported by another script or with other
+    /// dimensions).
+    #[error("SavedModel {}: signature {signature:?}{}: {problem}", dir.display(), tensor.as_deref().map(|t| format!(", tensor {t:?}")).unwrap_or_default())]
+    SignatureMismatch {
+        /// The SavedModel's directory.
+        dir: std::path::PathBuf,
+        /// The signature.
+        signature: String,
+        /// The input or output of the signature, when one is at fault.
+        tensor: Option<String>,
+        /// What is missing or different.
+        problem: String,
+    },
     /// A loader worker thread panicked.
     #[error("loader worker panicked while building batch {batch}: {message}")]
     WorkerPanicked {
@@ -147,6 +162,34 @@ pub enum BridgeError {
     /// A table operation failed.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The loss of a training step is NaN or infinite on some rank (every
+    /// rank sees the same mean loss and fails at the same step).
+    #[error("training step {step}: the loss is not finite (mean over {ranks} rank(s): {loss}); lower the learning rate or check the inputs")]
+    NonFiniteLoss {
+        /// The optimizer step that failed (counted from 0).
+        step: u64,
+        /// The number of ranks whose losses were averaged.
+        ranks: usize,
+        /// The mean loss.
+        loss: f64,
+    },
+    /// The model's parameters differ between ranks (a data-parallel run
+    /// that diverged: a rank stepped differently or saw other parameters).
+    #[error("parameters differ between ranks at step {step}: checksums {checksums}")]
+    Diverged {
+        /// The optimizer step at which the check ran.
+        step: u64,
+        /// Every rank's checksum, in rank order.
+        checksums: String,
+    },
+    /// A checkpoint that cannot be written, read or used for this model.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint's directory.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A broken invariant of this crate (a bug).
     #[error("internal error: {0}")]
     Internal(String),

@@ -42,7 +42,11 @@
 //! # Feature flags
 //!
 //! - `tch`: [`tch`] turns batches into `tch::Tensor`s (libtorch
-//!   2.13 of PyPI's torch wheel, through `$LIBTORCH`; `scripts/setup-ml.sh`).
+//!   2.13 of PyPI's torch wheel, through `$LIBTORCH`; `scripts/setup-ml.sh`),
+//!   and `train` trains tch models data-parallel over any communicator
+//!   (gradients all-reduced in buckets, checkpoints with the loader's
+//!   position). `train` exists only with the feature: its API is made of
+//!   tch types.
 //! - `tensorflow`: [`tensorflow`] fills reusable
 //!   `tensorflow::Tensor`s and trains SavedModels (the C library of PyPI's
 //!   tensorflow-cpu 2.13.1; `scripts/setup-ml.sh` writes the link override).
@@ -79,6 +83,9 @@ pub mod tch;
 #[cfg(not(feature = "tch"))]
 #[path = "unavailable/tch.rs"]
 pub mod tch;
+
+#[cfg(feature = "tch")]
+pub mod train;
 
 #[cfg(feature = "tensorflow")]
 pub mod tensorflow;

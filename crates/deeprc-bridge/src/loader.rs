@@ -720,23 +720,33 @@ impl<D: Dataset, P: MemoryPool> Loader<D, P> {
 
     /// The batches of `epoch`, in order.
     pub fn epoch(&self, epoch: u64) -> Epoch<D, P> {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The batches of `epoch` from batch `first` on (the earlier ones are
+    /// neither loaded nor returned): where a run resumed from a checkpoint
+    /// taken mid-epoch goes on. The batches are those [`Loader::epoch`]
+    /// would return from its `first`-th on, since an epoch's order depends
+    /// only on the seed and the epoch number.
+    pub fn epoch_from(&self, epoch: u64, first: usize) -> Epoch<D, P> {
         let plan = self.sampler.epoch(epoch);
+        let first = first.min(plan.batches);
         let shared = Arc::new(Shared {
             dataset: Arc::clone(&self.dataset),
             pool: Arc::clone(&self.pool),
             options: self.options,
             batches: plan.batches,
             plan,
-            next_job: AtomicUsize::new(0),
+            next_job: AtomicUsize::new(first),
             state: Mutex::new(State {
-                consumed: 0,
+                consumed: first,
                 results: BTreeMap::new(),
                 cancelled: false,
             }),
             ready: Condvar::new(),
             space: Condvar::new(),
         });
-        let workers = (0..self.options.workers.min(shared.batches))
+        let workers = (0..self.options.workers.min(shared.batches - first))
             .map(|i| {
                 let s = Arc::clone(&shared);
                 std::thread::Builder::new()
@@ -748,7 +758,7 @@ impl<D: Dataset, P: MemoryPool> Loader<D, P> {
         Epoch {
             shared,
             workers,
-            next: 0,
+            next: first,
         }
     }
 }

@@ -11,4 +11,6 @@ mod sampling;
 mod tensorflow;
 #[cfg(feature = "tch")]
 mod torch;
+#[cfg(feature = "tch")]
+mod training;
 mod zero_copy;
