@@ -41,8 +41,9 @@ pub const PAPER_MODELS: &[&str] = &[
 ///
 /// # Errors
 /// [`ModelError::UnknownModel`] for a name not in [`MODELS`];
-/// [`ModelError::InvalidConfig`] when the lengths cannot build it (for
-/// example a look-back shorter than PatchTST's patch).
+/// [`ModelError::InvalidConfig`] when the configuration cannot build it
+/// (for example an even DLinear kernel, or NBEATS' trend stack with a
+/// horizon of 1).
 pub fn build(name: &str, p: &nn::Path<'_>, cfg: &ForecastConfig) -> Result<Box<dyn Forecaster>> {
     if cfg.input_size < 1 || cfg.horizon < 1 {
         return Err(ModelError::InvalidConfig {
