@@ -3,6 +3,8 @@
 #   LIBTORCH           libtorch of the venv's torch 2.13.0 wheel (torch-sys)
 #   DEEPRC_VENV        the venv (default <workspace>/.venv)
 #   DEEPRC_TF_MODEL    the SavedModel exported by crates/deeprc-bridge/python/export_model.py
+#   DEEPRC_TF_HYDRO_MODEL  the hydrology LSTM SavedModel exported by
+#                      crates/deeprc-bridge/python/export_hydro.py (paper defaults)
 #   LD_LIBRARY_PATH    + libtorch and TensorFlow: binaries of crates without an
 #                      rpath of their own (examples, benches) find them at run time.
 # deeprc-bridge's own tests carry an rpath (its build.rs), so they do not need it.
@@ -12,6 +14,7 @@ _deeprc_site="$(ls -d "$DEEPRC_VENV"/lib/python3*/site-packages 2>/dev/null | he
 if [ -n "$_deeprc_site" ]; then
     export LIBTORCH="$_deeprc_site/torch"
     export DEEPRC_TF_MODEL="${DEEPRC_TF_MODEL:-$DEEPRC_VENV/models/bridge_mlp}"
+    export DEEPRC_TF_HYDRO_MODEL="${DEEPRC_TF_HYDRO_MODEL:-$DEEPRC_VENV/models/hydro_lstm}"
     # 'import torch' fails without the CUDA wheels: never let torch-sys ask Python.
     unset LIBTORCH_USE_PYTORCH
     for _deeprc_dir in "$_deeprc_site/tensorflow" "$LIBTORCH/lib"; do

@@ -10,8 +10,10 @@
 #   4. a `links` override for tensorflow-sys in <workspace>/.cargo/config.toml
 #      (git-ignored; our block sits between markers, the rest is kept), so
 #      tensorflow-sys neither downloads nor builds TensorFlow;
-#   5. the TensorFlow SavedModel with a `train` signature that the bridge's
-#      tests and demo train from Rust ($DEEPRC_VENV/models/bridge_mlp).
+#   5. the TensorFlow SavedModels that the bridge's tests and demo train from
+#      Rust: the MLP with a `train` signature ($DEEPRC_VENV/models/bridge_mlp)
+#      and the hydrology LSTM at the paper's defaults, trained data-parallel
+#      through flat gradients ($DEEPRC_VENV/models/hydro_lstm).
 # Idempotent: each step is skipped when its result is already there.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -107,16 +109,23 @@ else
     say "links override in $cfg up to date"
 fi
 
-# 5. the SavedModel with train/predict signatures (skipped when newer than
-#    the script that writes it).
-script="$root/crates/deeprc-bridge/python/export_model.py"
-model="$venv/models/bridge_mlp"
-if [ -f "$model/saved_model.pb" ] && [ "$model/saved_model.pb" -nt "$script" ]; then
-    say "SavedModel $model up to date"
-else
-    say "exporting SavedModel to $model"
-    rm -rf "$model"
-    TF_CPP_MIN_LOG_LEVEL=2 "$vpy" "$script" "$model"
-fi
+# 5. the SavedModels (each skipped when newer than the script that writes it):
+#    the MLP with train/predict signatures, and the hydrology LSTM with
+#    gradients/apply_gradients/predict/... (Kratzert et al. 2019 defaults:
+#    270 days x 5 forcings + 27 attributes, 256 cells, dropout 0.4, Adam 1e-3).
+export_saved_model() { # script model_dir [args...]
+    local script="$1" model="$2"
+    shift 2
+    if [ -f "$model/saved_model.pb" ] && [ "$model/saved_model.pb" -nt "$script" ]; then
+        say "SavedModel $model up to date"
+    else
+        say "exporting SavedModel to $model"
+        rm -rf "$model"
+        TF_CPP_MIN_LOG_LEVEL=2 "$vpy" "$script" "$model" "$@"
+    fi
+}
+pydir="$root/crates/deeprc-bridge/python"
+export_saved_model "$pydir/export_model.py" "$venv/models/bridge_mlp"
+export_saved_model "$pydir/export_hydro.py" "$venv/models/hydro_lstm"
 
 say "done in $(($(date +%s) - t0)) s (LIBTORCH=$libtorch, TensorFlow in $tfdir)"

@@ -13,6 +13,13 @@
 //! deallocator releases that memory; it can be fed to `TF_SessionRun`
 //! through `tensorflow-sys` (the `tensorflow` crate's `Session` only takes
 //! its own `Tensor`).
+//!
+//! Two kinds of SavedModel train from Rust: [`SavedModelTrainer`] runs a
+//! whole optimiser step inside TensorFlow (`train(x, y)`), and
+//! [`HydroGradientModel`] (the hydrology LSTM of
+//! `python/export_hydro.py`) hands its gradients out as one flat vector and
+//! takes the averaged vector back, so that data-parallel ranks all-reduce
+//! them over their own communicator between the two calls.
 
 #![allow(unsafe_code)]
 
@@ -28,7 +35,8 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tensorflow::{
-    Graph, Operation, SavedModelBundle, SessionOptions, SessionRunArgs, Status, Tensor, TensorType,
+    DataType, FetchToken, Graph, Operation, SavedModelBundle, SessionOptions, SessionRunArgs,
+    Status, Tensor, TensorType,
 };
 use tensorflow_sys as tf_sys;
 
@@ -356,12 +364,7 @@ impl<M: BatchMemory> Batch<M> {
 pub fn default_model_dir() -> PathBuf {
     std::env::var_os("DEEPRC_TF_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let venv = std::env::var_os("DEEPRC_VENV")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"));
-            venv.join("models/bridge_mlp")
-        })
+        .unwrap_or_else(|| venv_dir().join("models/bridge_mlp"))
 }
 
 /// One signature's feeds and fetch.
@@ -468,5 +471,910 @@ impl SavedModelTrainer {
         let tok = args.request_fetch(&self.predict.output.0, self.predict.output.1);
         self.bundle.session.run(&mut args)?;
         Ok(args.fetch(tok)?)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The hydrology LSTM: a SavedModel that hands its gradients out flat, so that
+// Rust averages them over its own communicator, and takes them back.
+
+/// The hydrology LSTM SavedModel that `scripts/setup-ml.sh` exports with
+/// `crates/deeprc-bridge/python/export_hydro.py` at its paper defaults
+/// (`$DEEPRC_TF_HYDRO_MODEL`, or `$DEEPRC_VENV/models/hydro_lstm`, the venv
+/// defaulting to `<workspace>/.venv`).
+pub fn default_hydro_model_dir() -> PathBuf {
+    std::env::var_os("DEEPRC_TF_HYDRO_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| venv_dir().join("models/hydro_lstm"))
+}
+
+fn venv_dir() -> PathBuf {
+    std::env::var_os("DEEPRC_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv"))
+}
+
+/// The script that exports hydrology LSTM SavedModels
+/// (`crates/deeprc-bridge/python/export_hydro.py`; its docstring is the
+/// reference for the model and its signatures).
+pub fn hydro_export_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python/export_hydro.py")
+}
+
+/// The hyperparameters of a hydrology LSTM SavedModel, as its `config` and
+/// `num_params` signatures report them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HydroModelConfig {
+    /// Days per sample (`T`): `x_dyn` is `[B, T, dyn_features]`.
+    pub seq_len: usize,
+    /// Dynamic (daily forcing) features per day.
+    pub dyn_features: usize,
+    /// Static catchment attributes per sample: `x_static` is
+    /// `[B, static_features]` (0: none).
+    pub static_features: usize,
+    /// LSTM cells (`H`).
+    pub hidden: usize,
+    /// Dropout probability on the last hidden state in `gradients`.
+    pub dropout: f32,
+    /// The Adam learning rate now.
+    pub learning_rate: f32,
+    /// Global gradient norm `apply_gradients` clips to (0: none).
+    pub clip_norm: f32,
+    /// Initial forget gate bias.
+    pub forget_bias: f32,
+    /// Parameters (`P`): the length of the flat gradient and weight vectors.
+    pub num_params: usize,
+}
+
+impl HydroModelConfig {
+    /// `P` of an LSTM with `dyn_features + static_features` inputs and
+    /// `hidden` cells plus its linear head: `4H (I + H + 1) + H + 1`.
+    pub fn params_for(dyn_features: usize, static_features: usize, hidden: usize) -> usize {
+        4 * hidden * (dyn_features + static_features + hidden + 1) + hidden + 1
+    }
+}
+
+/// The arguments of `export_hydro.py`: a hydrology LSTM to export as a
+/// SavedModel. [`Default`] is the paper's configuration (Kratzert et al.
+/// 2019: 270 days, 5 Daymet forcings, 27 attributes, 256 cells, dropout 0.4,
+/// Adam 1e-3, clipping at norm 1, forget bias 5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HydroExport {
+    /// Days per sample.
+    pub seq_len: usize,
+    /// Dynamic features per day (at least 1).
+    pub dyn_features: usize,
+    /// Static attributes per sample (0: none).
+    pub static_features: usize,
+    /// LSTM cells (at least 1).
+    pub hidden: usize,
+    /// Dropout on the last hidden state, in `[0, 1)`.
+    pub dropout: f32,
+    /// Adam learning rate (positive).
+    pub learning_rate: f32,
+    /// Global gradient norm to clip to (0: none).
+    pub clip_norm: f32,
+    /// Initial forget gate bias.
+    pub forget_bias: f32,
+    /// Seed of the initial weights.
+    pub seed: u64,
+    /// The Python with TensorFlow (default `$DEEPRC_VENV/bin/python`).
+    pub python: Option<PathBuf>,
+}
+
+impl Default for HydroExport {
+    fn default() -> Self {
+        HydroExport {
+            seq_len: 270,
+            dyn_features: 5,
+            static_features: 27,
+            hidden: 256,
+            dropout: 0.4,
+            learning_rate: 1e-3,
+            clip_norm: 1.0,
+            forget_bias: 5.0,
+            seed: 0,
+            python: None,
+        }
+    }
+}
+
+impl HydroExport {
+    /// The paper's configuration (as [`Default`]).
+    pub fn paper() -> Self {
+        Self::default()
+    }
+
+    /// The number of parameters the exported model will have.
+    pub fn num_params(&self) -> usize {
+        HydroModelConfig::params_for(self.dyn_features, self.static_features, self.hidden)
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |d: String| Err(BridgeError::invalid("HydroExport", d));
+        if self.seq_len == 0 || self.dyn_features == 0 || self.hidden == 0 {
+            return bad(format!(
+                "seq_len ({}), dyn_features ({}) and hidden ({}) must be at least 1",
+                self.seq_len, self.dyn_features, self.hidden
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} is not in [0, 1)", self.dropout));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return bad(format!(
+                "learning rate {} is not positive",
+                self.learning_rate
+            ));
+        }
+        let clip_ok = self.clip_norm.is_finite() && self.clip_norm >= 0.0;
+        if !clip_ok || !self.forget_bias.is_finite() {
+            return bad(format!(
+                "clip_norm {} must be finite and non-negative, forget_bias {} finite",
+                self.clip_norm, self.forget_bias
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `export_hydro.py` to write the SavedModel into `dir` (replaced
+    /// atomically if it exists); takes a few seconds (TensorFlow's import).
+    ///
+    /// # Errors
+    /// [`BridgeError::InvalidArgument`] for impossible hyperparameters;
+    /// [`BridgeError::Framework`] when Python cannot be started or the
+    /// export fails (with its error output).
+    pub fn export(&self, dir: impl AsRef<Path>) -> Result<()> {
+        self.check()?;
+        let dir = dir.as_ref();
+        let python = self
+            .python
+            .clone()
+            .unwrap_or_else(|| venv_dir().join("bin/python"));
+        let script = hydro_export_script();
+        let out = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(dir)
+            .args(["--seq-len", &self.seq_len.to_string()])
+            .args(["--dyn", &self.dyn_features.to_string()])
+            .args(["--static", &self.static_features.to_string()])
+            .args(["--hidden", &self.hidden.to_string()])
+            .args(["--dropout", &self.dropout.to_string()])
+            .args(["--lr", &self.learning_rate.to_string()])
+            .args(["--clip-norm", &self.clip_norm.to_string()])
+            .args(["--forget-bias", &self.forget_bias.to_string()])
+            .args(["--seed", &self.seed.to_string()])
+            .env("TF_CPP_MIN_LOG_LEVEL", "2")
+            .output()
+            .map_err(|e| {
+                framework(format!(
+                    "starting {} (scripts/setup-ml.sh makes the venv): {e}",
+                    python.display()
+                ))
+            })?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let tail: String = {
+                let lines: Vec<&str> = err.lines().collect();
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            };
+            return Err(framework(format!(
+                "{} {} {} failed ({}):\n{tail}",
+                python.display(),
+                script.display(),
+                dir.display(),
+                out.status
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The role of one dimension in a signature's tensor shape.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dim {
+    /// The batch (dynamic: `None` in the signature).
+    Batch,
+    /// The model's `seq_len`.
+    SeqLen,
+    /// Its `dyn_features`.
+    Dyn,
+    /// Its `static_features`.
+    Static,
+    /// Its parameter count `P`.
+    Params,
+    /// Exactly one.
+    One,
+}
+
+/// An input or output a signature must have.
+struct TensorSpec {
+    name: &'static str,
+    dtype: DataType,
+    shape: &'static [Dim],
+}
+
+/// A signature of the hydrology LSTM SavedModel: its inputs, its outputs.
+struct SigSpec {
+    name: &'static str,
+    inputs: &'static [TensorSpec],
+    outputs: &'static [TensorSpec],
+}
+
+const fn ts(name: &'static str, dtype: DataType, shape: &'static [Dim]) -> TensorSpec {
+    TensorSpec { name, dtype, shape }
+}
+
+const TF_F32: DataType = DataType::Float;
+const TF_I64: DataType = DataType::Int64;
+const TF_BOOL: DataType = DataType::Bool;
+const X_DYN: TensorSpec = ts("x_dyn", TF_F32, &[Dim::Batch, Dim::SeqLen, Dim::Dyn]);
+const X_STATIC: TensorSpec = ts("x_static", TF_F32, &[Dim::Batch, Dim::Static]);
+const Y: TensorSpec = ts("y", TF_F32, &[Dim::Batch, Dim::One]);
+const LOSS: TensorSpec = ts("loss", TF_F32, &[]);
+const GRADS: TensorSpec = ts("grads", TF_F32, &[Dim::Params]);
+
+/// Every signature [`HydroGradientModel`] needs, in the order they are
+/// checked; indices below refer to this table.
+const HYDRO_SIGNATURES: [SigSpec; 9] = [
+    SigSpec {
+        name: "gradients",
+        inputs: &[X_DYN, X_STATIC, Y],
+        outputs: &[LOSS, GRADS],
+    },
+    SigSpec {
+        name: "nse_gradients",
+        inputs: &[
+            X_DYN,
+            X_STATIC,
+            Y,
+            ts("q_std", TF_F32, &[Dim::Batch, Dim::One]),
+        ],
+        outputs: &[LOSS, GRADS],
+    },
+    SigSpec {
+        name: "apply_gradients",
+        inputs: &[GRADS],
+        outputs: &[ts("step", TF_I64, &[])],
+    },
+    SigSpec {
+        name: "predict",
+        inputs: &[X_DYN, X_STATIC],
+        outputs: &[Y],
+    },
+    SigSpec {
+        name: "get_weights",
+        inputs: &[],
+        outputs: &[ts("weights", TF_F32, &[Dim::Params])],
+    },
+    SigSpec {
+        name: "set_weights",
+        inputs: &[ts("weights", TF_F32, &[Dim::Params])],
+        outputs: &[ts("ok", TF_BOOL, &[])],
+    },
+    SigSpec {
+        name: "set_learning_rate",
+        inputs: &[ts("lr", TF_F32, &[])],
+        outputs: &[ts("lr", TF_F32, &[])],
+    },
+    SigSpec {
+        name: "num_params",
+        inputs: &[],
+        outputs: &[ts("n", TF_I64, &[])],
+    },
+    SigSpec {
+        name: "config",
+        inputs: &[],
+        outputs: &[
+            ts("seq_len", TF_I64, &[]),
+            ts("dyn_features", TF_I64, &[]),
+            ts("static_features", TF_I64, &[]),
+            ts("hidden", TF_I64, &[]),
+            ts("dropout", TF_F32, &[]),
+            ts("learning_rate", TF_F32, &[]),
+            ts("clip_norm", TF_F32, &[]),
+            ts("forget_bias", TF_F32, &[]),
+        ],
+    },
+];
+const SIG_GRADIENTS: usize = 0;
+const SIG_NSE_GRADIENTS: usize = 1;
+const SIG_APPLY: usize = 2;
+const SIG_PREDICT: usize = 3;
+const SIG_GET_WEIGHTS: usize = 4;
+const SIG_SET_WEIGHTS: usize = 5;
+const SIG_SET_LR: usize = 6;
+const SIG_NUM_PARAMS: usize = 7;
+const SIG_CONFIG: usize = 8;
+
+/// A loaded signature: its feeds and fetches in the order of its
+/// [`SigSpec`], with the shapes the SavedModel declares.
+#[derive(Debug)]
+struct BoundSig {
+    inputs: Vec<(Operation, i32)>,
+    outputs: Vec<(Operation, i32)>,
+    /// Declared shapes, inputs then outputs (`None`: unknown dimension).
+    shapes: Vec<Option<Vec<Option<i64>>>>,
+}
+
+fn mismatch(
+    dir: &Path,
+    sig: &str,
+    tensor: Option<&str>,
+    problem: impl Into<String>,
+) -> BridgeError {
+    BridgeError::SignatureMismatch {
+        dir: dir.to_path_buf(),
+        signature: sig.to_string(),
+        tensor: tensor.map(str::to_string),
+        problem: problem.into(),
+    }
+}
+
+fn bind(dir: &Path, bundle: &SavedModelBundle, graph: &Graph, spec: &SigSpec) -> Result<BoundSig> {
+    let sig = bundle
+        .meta_graph_def()
+        .get_signature(spec.name)
+        .map_err(|_| {
+            let mut have: Vec<&str> = bundle
+                .meta_graph_def()
+                .signatures()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            have.sort_unstable();
+            mismatch(
+                dir,
+                spec.name,
+                None,
+                format!(
+                    "missing (the model has: {}; crates/deeprc-bridge/python/export_hydro.py writes every one)",
+                    have.join(", ")
+                ),
+            )
+        })?;
+    let mut shapes = Vec::new();
+    let mut bind_side = |specs: &[TensorSpec], input: bool| -> Result<Vec<(Operation, i32)>> {
+        let side = if input { "input" } else { "output" };
+        let table = if input { sig.inputs() } else { sig.outputs() };
+        let mut out = Vec::with_capacity(specs.len());
+        for t in specs {
+            let info = table.get(t.name).ok_or_else(|| {
+                let mut have: Vec<&str> = table.keys().map(String::as_str).collect();
+                have.sort_unstable();
+                mismatch(
+                    dir,
+                    spec.name,
+                    Some(t.name),
+                    format!("no such {side} (it has: {})", have.join(", ")),
+                )
+            })?;
+            if info.dtype() != t.dtype {
+                return Err(mismatch(
+                    dir,
+                    spec.name,
+                    Some(t.name),
+                    format!("{side} is {:?}, expected {:?}", info.dtype(), t.dtype),
+                ));
+            }
+            let shape: Option<Vec<Option<i64>>> = info.shape().clone().into();
+            if let Some(s) = &shape {
+                if s.len() != t.shape.len() {
+                    return Err(mismatch(
+                        dir,
+                        spec.name,
+                        Some(t.name),
+                        format!(
+                            "{side} has rank {} ({s:?}), expected {} ({:?})",
+                            s.len(),
+                            t.shape.len(),
+                            t.shape
+                        ),
+                    ));
+                }
+            }
+            shapes.push(shape);
+            let op = graph
+                .operation_by_name_required(&info.name().name)
+                .map_err(|e| mismatch(dir, spec.name, Some(t.name), e.to_string()))?;
+            out.push((op, info.name().index));
+        }
+        Ok(out)
+    };
+    let inputs = bind_side(spec.inputs, true)?;
+    let outputs = bind_side(spec.outputs, false)?;
+    Ok(BoundSig {
+        inputs,
+        outputs,
+        shapes,
+    })
+}
+
+/// The hydrology LSTM of Kratzert et al. (2019) as a TensorFlow SavedModel
+/// (written by `export_hydro.py`), trained data-parallel from Rust: each
+/// rank takes the gradients of its shard out of TensorFlow as one flat
+/// vector, the ranks average them over their own communicator (an
+/// all-reduce), and every rank gives the same average back to its model's
+/// Adam optimizer, so the replicas stay identical.
+///
+/// ```text
+///   x_dyn [B, T, F_dyn], x_static [B, F_static], y [B, 1]
+///      --gradients--> (loss, grads [P]) --all-reduce (mean)--> apply_gradients
+///   predict(x_dyn, x_static) -> y [B]         weights() / set_weights([P])
+/// ```
+///
+/// Inputs are row-major `f32` slices; the batch `B` is read from `x_dyn`'s
+/// length and every other input must agree with it. Shapes are checked
+/// before TensorFlow runs. The flat parameter order is the exporter's:
+/// `lstm/weight_ih [I, 4H] | lstm/weight_hh [H, 4H] | lstm/bias [4H] |
+/// head/weight [H, 1] | head/bias [1]` (gates `f, i, o, g`), the same as
+/// `deeprc_models::hydro::HydroLstm`'s, so weights move between the two.
+///
+/// The mean of the gradients of equal shards is the gradient of their
+/// union; with unequal shards weight each by its batch size.
+#[derive(Debug)]
+pub struct HydroGradientModel {
+    dir: PathBuf,
+    bundle: SavedModelBundle,
+    sigs: Vec<BoundSig>,
+    config: HydroModelConfig,
+}
+
+fn scalar<T: TensorType + Copy>(t: &Tensor<T>, what: &str) -> Result<T> {
+    t.first()
+        .copied()
+        .ok_or_else(|| framework(format!("{what}: empty output tensor")))
+}
+
+fn tensor(shape: &[usize], data: &[f32]) -> Tensor<f32> {
+    let mut t = Tensor::<f32>::new(&dims(shape));
+    t.copy_from_slice(data);
+    t
+}
+
+fn check_finite(what: &'static str, name: &str, v: &[f32]) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(BridgeError::invalid(
+            what,
+            format!("{name}[{i}] is {} (not finite)", v[i]),
+        )),
+    }
+}
+
+impl HydroGradientModel {
+    /// Loads the SavedModel in `dir` (tag `serve`) and checks that it has
+    /// every signature of `export_hydro.py`, with the expected inputs,
+    /// outputs, types and shapes.
+    ///
+    /// # Errors
+    /// [`BridgeError::SignatureMismatch`] naming the missing or different
+    /// signature (and tensor); [`BridgeError::Framework`] when `dir` holds
+    /// no SavedModel or TensorFlow cannot load it.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.join("saved_model.pb").exists() {
+            return Err(framework(format!(
+                "no SavedModel in {} (scripts/setup-ml.sh exports the paper's with crates/deeprc-bridge/python/export_hydro.py; HydroExport::export writes others)",
+                dir.display()
+            )));
+        }
+        let mut graph = Graph::new();
+        let bundle = SavedModelBundle::load(&SessionOptions::new(), ["serve"], &mut graph, dir)
+            .map_err(|e| framework(format!("loading {}: {e}", dir.display())))?;
+        let sigs = HYDRO_SIGNATURES
+            .iter()
+            .map(|s| bind(dir, &bundle, &graph, s))
+            .collect::<Result<Vec<_>>>()?;
+        let mut m = HydroGradientModel {
+            dir: dir.to_path_buf(),
+            bundle,
+            sigs,
+            config: HydroModelConfig {
+                seq_len: 0,
+                dyn_features: 0,
+                static_features: 0,
+                hidden: 0,
+                dropout: 0.0,
+                learning_rate: 0.0,
+                clip_norm: 0.0,
+                forget_bias: 0.0,
+                num_params: 0,
+            },
+        };
+        m.config = m.read_config()?;
+        m.check_shapes()?;
+        Ok(m)
+    }
+
+    /// Runs signature `i` with `feeds` (in its spec's input order) and
+    /// requests all its outputs.
+    fn run<'l>(
+        &self,
+        i: usize,
+        feeds: &[&'l Tensor<f32>],
+    ) -> Result<(SessionRunArgs<'l>, Vec<FetchToken>)> {
+        let sig = &self.sigs[i];
+        let mut args = SessionRunArgs::new();
+        for ((op, idx), t) in sig.inputs.iter().zip(feeds) {
+            args.add_feed(op, *idx, *t);
+        }
+        let tokens = sig
+            .outputs
+            .iter()
+            .map(|(op, idx)| args.request_fetch(op, *idx))
+            .collect();
+        self.bundle.session.run(&mut args).map_err(|e| {
+            framework(format!(
+                "{} signature {:?}: {e}",
+                self.dir.display(),
+                HYDRO_SIGNATURES[i].name
+            ))
+        })?;
+        Ok((args, tokens))
+    }
+
+    fn read_config(&self) -> Result<HydroModelConfig> {
+        let (mut a, t) = self.run(SIG_NUM_PARAMS, &[])?;
+        let n = scalar(&a.fetch::<i64>(t[0])?, "num_params")?;
+        let (mut a, t) = self.run(SIG_CONFIG, &[])?;
+        let mut ints = [0usize; 4];
+        for (k, v) in ints.iter_mut().enumerate() {
+            let x = scalar(
+                &a.fetch::<i64>(t[k])?,
+                HYDRO_SIGNATURES[SIG_CONFIG].outputs[k].name,
+            )?;
+            *v = usize::try_from(x).map_err(|_| {
+                mismatch(
+                    &self.dir,
+                    "config",
+                    Some(HYDRO_SIGNATURES[SIG_CONFIG].outputs[k].name),
+                    format!("negative value {x}"),
+                )
+            })?;
+        }
+        let mut floats = [0f32; 4];
+        for (k, v) in floats.iter_mut().enumerate() {
+            *v = scalar(&a.fetch::<f32>(t[4 + k])?, "config")?;
+        }
+        let cfg = HydroModelConfig {
+            seq_len: ints[0],
+            dyn_features: ints[1],
+            static_features: ints[2],
+            hidden: ints[3],
+            dropout: floats[0],
+            learning_rate: floats[1],
+            clip_norm: floats[2],
+            forget_bias: floats[3],
+            num_params: usize::try_from(n).unwrap_or(0),
+        };
+        let want = HydroModelConfig::params_for(cfg.dyn_features, cfg.static_features, cfg.hidden);
+        if cfg.num_params != want {
+            return Err(mismatch(
+                &self.dir,
+                "num_params",
+                Some("n"),
+                format!(
+                    "{n} parameters, but an LSTM of {} + {} inputs and {} cells with a linear head has {want}",
+                    cfg.dyn_features, cfg.static_features, cfg.hidden
+                ),
+            ));
+        }
+        if cfg.seq_len == 0 || cfg.dyn_features == 0 || cfg.hidden == 0 {
+            return Err(mismatch(
+                &self.dir,
+                "config",
+                None,
+                format!("zero sizes: {cfg:?}"),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Every declared shape against the sizes `config` reported.
+    fn check_shapes(&self) -> Result<()> {
+        let c = &self.config;
+        for (spec, sig) in HYDRO_SIGNATURES.iter().zip(&self.sigs) {
+            let tensors = spec.inputs.iter().chain(spec.outputs);
+            for (t, shape) in tensors.zip(&sig.shapes) {
+                let Some(shape) = shape else { continue };
+                for (k, (d, got)) in t.shape.iter().zip(shape).enumerate() {
+                    let want = match d {
+                        Dim::Batch => None,
+                        Dim::SeqLen => Some(c.seq_len),
+                        Dim::Dyn => Some(c.dyn_features),
+                        Dim::Static => Some(c.static_features),
+                        Dim::Params => Some(c.num_params),
+                        Dim::One => Some(1),
+                    };
+                    let ok = match (want, got) {
+                        (None, _) => true,
+                        (Some(w), Some(g)) => *g == w as i64,
+                        (Some(_), None) => false,
+                    };
+                    if !ok {
+                        return Err(mismatch(
+                            &self.dir,
+                            spec.name,
+                            Some(t.name),
+                            format!(
+                                "dimension {k} is {got:?}, but the model's config says {} ({d:?}; shape {shape:?})",
+                                want.unwrap_or(0)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The SavedModel's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The model's hyperparameters.
+    pub fn config(&self) -> &HydroModelConfig {
+        &self.config
+    }
+
+    /// `P`: the length of the flat gradient and weight vectors.
+    pub fn num_params(&self) -> usize {
+        self.config.num_params
+    }
+
+    /// The batch size of `x_dyn` (row-major `[B, T, F_dyn]`), checking
+    /// `x_static` (`[B, F_static]`) and the per-sample vectors (`[B]` or
+    /// `[B, 1]`) against it.
+    fn batch(
+        &self,
+        what: &'static str,
+        x_dyn: &[f32],
+        x_static: &[f32],
+        per_sample: &[(&str, &[f32])],
+    ) -> Result<usize> {
+        let c = &self.config;
+        let step = c.seq_len * c.dyn_features;
+        if x_dyn.is_empty() || x_dyn.len() % step != 0 {
+            return Err(BridgeError::invalid(
+                what,
+                format!(
+                    "x_dyn has {} values, not a positive multiple of seq_len x dyn_features = {} x {} (row-major [B, {}, {}])",
+                    x_dyn.len(),
+                    c.seq_len,
+                    c.dyn_features,
+                    c.seq_len,
+                    c.dyn_features
+                ),
+            ));
+        }
+        let b = x_dyn.len() / step;
+        if x_static.len() != b * c.static_features {
+            return Err(BridgeError::invalid(
+                what,
+                format!(
+                    "x_static has {} values; x_dyn is a batch of {b}, which needs [{b}, {}] = {}",
+                    x_static.len(),
+                    c.static_features,
+                    b * c.static_features
+                ),
+            ));
+        }
+        for (name, v) in per_sample {
+            if v.len() != b {
+                return Err(BridgeError::invalid(
+                    what,
+                    format!(
+                        "{name} has {} values; x_dyn is a batch of {b}, which needs [{b}, 1]",
+                        v.len()
+                    ),
+                ));
+            }
+        }
+        Ok(b)
+    }
+
+    fn check_params(&self, what: &'static str, name: &str, v: &[f32]) -> Result<()> {
+        if v.len() != self.config.num_params {
+            return Err(BridgeError::invalid(
+                what,
+                format!(
+                    "{name} has {} values, the model {} parameters",
+                    v.len(),
+                    self.config.num_params
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn inputs(&self, b: usize, x_dyn: &[f32], x_static: &[f32]) -> (Tensor<f32>, Tensor<f32>) {
+        let c = &self.config;
+        (
+            tensor(&[b, c.seq_len, c.dyn_features], x_dyn),
+            tensor(&[b, c.static_features], x_static),
+        )
+    }
+
+    fn grads_of(&self, i: usize, feeds: &[&Tensor<f32>], grads: &mut [f32]) -> Result<f32> {
+        let (mut a, t) = self.run(i, feeds)?;
+        let loss = scalar(&a.fetch::<f32>(t[0])?, "loss")?;
+        let g = a.fetch::<f32>(t[1])?;
+        if g.len() != grads.len() {
+            return Err(BridgeError::Internal(format!(
+                "{} returned {} gradients for {} parameters",
+                HYDRO_SIGNATURES[i].name,
+                g.len(),
+                grads.len()
+            )));
+        }
+        grads.copy_from_slice(&g);
+        Ok(loss)
+    }
+
+    /// The mean squared error of a batch and its gradient with respect to
+    /// every parameter (flat, `P` values), with dropout on, written into
+    /// `grads`; no step is taken.
+    ///
+    /// `x_dyn` is row-major `[B, seq_len, dyn_features]`, `x_static`
+    /// `[B, static_features]`, `y` `[B]` (one target per sample).
+    ///
+    /// # Errors
+    /// [`BridgeError::InvalidArgument`] for inputs of the wrong sizes or a
+    /// `grads` of another length than `P`; [`BridgeError::Framework`] if
+    /// TensorFlow fails.
+    pub fn gradients_into(
+        &self,
+        x_dyn: &[f32],
+        x_static: &[f32],
+        y: &[f32],
+        grads: &mut [f32],
+    ) -> Result<f32> {
+        const WHAT: &str = "HydroGradientModel::gradients";
+        let b = self.batch(WHAT, x_dyn, x_static, &[("y", y)])?;
+        self.check_params(WHAT, "the gradient buffer", grads)?;
+        let (xd, xs) = self.inputs(b, x_dyn, x_static);
+        let yt = tensor(&[b, 1], y);
+        self.grads_of(SIG_GRADIENTS, &[&xd, &xs, &yt], grads)
+    }
+
+    /// [`gradients_into`](Self::gradients_into) into a new vector: the loss
+    /// and the `P` gradients.
+    ///
+    /// # Errors
+    /// As [`gradients_into`](Self::gradients_into).
+    pub fn gradients(&self, x_dyn: &[f32], x_static: &[f32], y: &[f32]) -> Result<(f32, Vec<f32>)> {
+        let mut g = vec![0.0; self.num_params()];
+        let loss = self.gradients_into(x_dyn, x_static, y, &mut g)?;
+        Ok((loss, g))
+    }
+
+    /// As [`gradients_into`](Self::gradients_into) with the NSE* loss of
+    /// Kratzert et al. (2019): `mean((y_hat - y)^2 / (q_std + 0.1)^2)`,
+    /// `q_std` (`[B]`) the standard deviation of the discharge of each
+    /// sample's basin over the training period.
+    ///
+    /// # Errors
+    /// As [`gradients_into`](Self::gradients_into).
+    pub fn nse_gradients_into(
+        &self,
+        x_dyn: &[f32],
+        x_static: &[f32],
+        y: &[f32],
+        q_std: &[f32],
+        grads: &mut [f32],
+    ) -> Result<f32> {
+        const WHAT: &str = "HydroGradientModel::nse_gradients";
+        let b = self.batch(WHAT, x_dyn, x_static, &[("y", y), ("q_std", q_std)])?;
+        self.check_params(WHAT, "the gradient buffer", grads)?;
+        let (xd, xs) = self.inputs(b, x_dyn, x_static);
+        let yt = tensor(&[b, 1], y);
+        let qt = tensor(&[b, 1], q_std);
+        self.grads_of(SIG_NSE_GRADIENTS, &[&xd, &xs, &yt, &qt], grads)
+    }
+
+    /// [`nse_gradients_into`](Self::nse_gradients_into) into a new vector.
+    ///
+    /// # Errors
+    /// As [`gradients_into`](Self::gradients_into).
+    pub fn nse_gradients(
+        &self,
+        x_dyn: &[f32],
+        x_static: &[f32],
+        y: &[f32],
+        q_std: &[f32],
+    ) -> Result<(f32, Vec<f32>)> {
+        let mut g = vec![0.0; self.num_params()];
+        let loss = self.nse_gradients_into(x_dyn, x_static, y, q_std, &mut g)?;
+        Ok((loss, g))
+    }
+
+    /// One optimiser step with the given (averaged) gradients: TensorFlow
+    /// clips them to the model's global norm (`config().clip_norm`) and
+    /// applies them with its Adam optimizer. Returns the optimizer's step
+    /// count after the step.
+    ///
+    /// # Errors
+    /// [`BridgeError::InvalidArgument`] when `grads` does not have `P`
+    /// values or one is not finite (nothing is applied);
+    /// [`BridgeError::Framework`] if TensorFlow fails.
+    pub fn apply_gradients(&mut self, grads: &[f32]) -> Result<u64> {
+        const WHAT: &str = "HydroGradientModel::apply_gradients";
+        self.check_params(WHAT, "grads", grads)?;
+        check_finite(WHAT, "grads", grads)?;
+        let g = tensor(&[grads.len()], grads);
+        let (mut a, t) = self.run(SIG_APPLY, &[&g])?;
+        let step = scalar(&a.fetch::<i64>(t[0])?, "step")?;
+        Ok(step.max(0) as u64)
+    }
+
+    /// The model's output (`B` values, one per sample) with dropout off.
+    ///
+    /// # Errors
+    /// [`BridgeError::InvalidArgument`] for inputs of the wrong sizes;
+    /// [`BridgeError::Framework`] if TensorFlow fails.
+    pub fn predict(&self, x_dyn: &[f32], x_static: &[f32]) -> Result<Vec<f32>> {
+        let b = self.batch("HydroGradientModel::predict", x_dyn, x_static, &[])?;
+        let (xd, xs) = self.inputs(b, x_dyn, x_static);
+        let (mut a, t) = self.run(SIG_PREDICT, &[&xd, &xs])?;
+        Ok(a.fetch::<f32>(t[0])?.to_vec())
+    }
+
+    /// All parameters, flat (`P` values, in the documented order): what
+    /// rank 0 broadcasts and a checkpoint stores.
+    ///
+    /// # Errors
+    /// [`BridgeError::Framework`] if TensorFlow fails.
+    pub fn weights(&self) -> Result<Vec<f32>> {
+        let (mut a, t) = self.run(SIG_GET_WEIGHTS, &[])?;
+        let w = a.fetch::<f32>(t[0])?;
+        if w.len() != self.num_params() {
+            return Err(BridgeError::Internal(format!(
+                "get_weights returned {} values for {} parameters",
+                w.len(),
+                self.num_params()
+            )));
+        }
+        Ok(w.to_vec())
+    }
+
+    /// Sets all parameters from a flat vector (as [`weights`](Self::weights)
+    /// returns). The optimizer's state (Adam moments, step) is kept.
+    ///
+    /// # Errors
+    /// [`BridgeError::InvalidArgument`] when `weights` does not have `P`
+    /// values or one is not finite; [`BridgeError::Framework`] if
+    /// TensorFlow fails.
+    pub fn set_weights(&mut self, weights: &[f32]) -> Result<()> {
+        const WHAT: &str = "HydroGradientModel::set_weights";
+        self.check_params(WHAT, "weights", weights)?;
+        check_finite(WHAT, "weights", weights)?;
+        let w = tensor(&[weights.len()], weights);
+        let (mut a, t) = self.run(SIG_SET_WEIGHTS, &[&w])?;
+        if !scalar(&a.fetch::<bool>(t[0])?, "ok")? {
+            return Err(framework("set_weights returned ok = false"));
+        }
+        Ok(())
+    }
+
+    /// Sets the Adam learning rate (Kratzert et al. lower it from 1e-3 to
+    /// 5e-4 at epoch 11 and to 1e-4 at epoch 21).
+    ///
+    /// # Errors
+    /// [`BridgeError::InvalidArgument`] unless `lr` is finite and positive;
+    /// [`BridgeError::Framework`] if TensorFlow fails.
+    pub fn set_learning_rate(&mut self, lr: f32) -> Result<()> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(BridgeError::invalid(
+                "HydroGradientModel::set_learning_rate",
+                format!("learning rate {lr} is not positive"),
+            ));
+        }
+        let mut t = Tensor::<f32>::new(&[]);
+        t[0] = lr;
+        let (mut a, tok) = self.run(SIG_SET_LR, &[&t])?;
+        self.config.learning_rate = scalar(&a.fetch::<f32>(tok[0])?, "lr")?;
+        Ok(())
     }
 }
