@@ -4,8 +4,10 @@
 set -euo pipefail
 
 # Debian packages: OpenMPI (tests, mpirun launch method), MPICH (benchmark
-# comparison), Gloo, and libclang/pkg-config for the MPI bindings.
-packages=(pkg-config libclang-dev libopenmpi-dev openmpi-bin mpich libmpich-dev libgloo-dev)
+# comparison), Gloo, libclang/pkg-config for the MPI bindings, and
+# fontconfig/freetype with a font for the plots (plotters).
+packages=(pkg-config libclang-dev libopenmpi-dev openmpi-bin mpich libmpich-dev libgloo-dev
+    libfontconfig1-dev libfreetype-dev fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

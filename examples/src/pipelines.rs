@@ -39,6 +39,10 @@ pub struct HydroTask {
     pub hidden: usize,
     /// Epochs.
     pub epochs: usize,
+    /// The global batch.
+    pub batch_size: usize,
+    /// Learning rate.
+    pub lr: f64,
     /// `"tch"` or `"tensorflow"`.
     pub framework: String,
     /// Seed.
@@ -172,6 +176,8 @@ pub fn hydrology_task(comm: Arc<dyn Communicator>, args: &HydroTask) -> Result<H
         seq_len: args.seq_len,
         hidden: args.hidden,
         epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
         seed: args.seed,
         framework,
         ..HydroOptions::default()

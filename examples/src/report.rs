@@ -123,7 +123,7 @@ pub fn forecast_metrics(comm: Arc<dyn Communicator>, files: &[PathBuf]) -> Resul
         .with_column_sql("ae", "abs(forecast - truth)")?
         .with_column_sql(
             "ape",
-            "100.0 * abs(forecast - truth) / greatest(abs(truth), 1e-3)",
+            "CASE WHEN abs(truth) >= 1.0 THEN 100.0 * abs(forecast - truth) / abs(truth) END",
         )?
         .group_by(
             &["model"],

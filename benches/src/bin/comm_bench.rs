@@ -5,11 +5,26 @@
 //! cargo run --release -p deeprc-benches --bin comm_bench            # local + tcp
 //! DEEPRC_BENCH_MPIEXEC=mpiexec.mpich cargo run --release -p deeprc-benches \
 //!     --features mpi --bin comm_bench                                # + MPI
+//! benches/comm_bench.sh [OPTIONS]      # + Gloo, MPI and plain C MPI_Allreduce on MPICH
 //! ```
+//!
+//! Options (default: everything):
+//! - `--all-reduce-only`: only the all-reduce rows, no creation table;
+//! - `--backends local,tcp,gloo,mpi`: the backends to run (those compiled in);
+//! - `--ranks 2,4`: the rank counts of the collectives.
+//!
+//! With `DEEPRC_BENCH_MPI_C` naming a C program that times `MPI_Allreduce`
+//! in place (`benches/comm_bench.sh` builds one against MPICH), its figure
+//! is printed too (row `mpich-c`), run with `DEEPRC_BENCH_MPIEXEC`: MPICH's
+//! own all-reduce without the Rust backend's copies.
 //!
 //! Sizes are totals over all ranks: "64 MiB between 2 ranks" means each rank
 //! holds a 32 MiB send buffer, split evenly over the ranks (itself included).
-//! Times are the slowest rank's, median over repetitions.
+//! The all-reduce is the exception: a 64 MiB all-reduce reduces a 64 MiB
+//! buffer of f32 on every rank (the size of the gradients), and its
+//! bandwidth is 64 MiB over the time. Times are the slowest rank's, median
+//! over repetitions. memcpy is measured at the start and at the end of the
+//! run (the machine may be shared); the ratios use the start figure.
 
 use bytes::Bytes;
 use deeprc_comm::{
@@ -70,12 +85,19 @@ struct Row {
     secs: f64,
 }
 
-fn run_ops(comm: &dyn Communicator, big: bool) -> Result<Vec<Row>, CommError> {
+fn run_ops(
+    comm: &dyn Communicator,
+    big: bool,
+    all_reduce_only: bool,
+) -> Result<Vec<Row>, CommError> {
     let n = comm.size();
     let mut rows = Vec::new();
     let mut sizes = vec![64 * MIB];
     if big {
         sizes.push(1024 * MIB);
+    }
+    if all_reduce_only {
+        sizes.clear();
     }
     for total in sizes {
         let per_rank = total / n;
@@ -99,7 +121,16 @@ fn run_ops(comm: &dyn Communicator, big: bool) -> Result<Vec<Row>, CommError> {
         secs,
     });
     let mut big_buf = vec![1.0f32; 64 * MIB / 4];
-    let secs = timed(comm, 5, || comm.all_reduce(&mut big_buf, ReduceOp::Sum))?;
+    let reps = 7;
+    let secs = timed(comm, reps, || comm.all_reduce(&mut big_buf, ReduceOp::Sum))?;
+    // Every element is n^(reps + 1) (exact in f32): the result is right.
+    let want = (n as f32).powi(reps as i32 + 1);
+    if big_buf.iter().any(|&x| x.to_bits() != want.to_bits()) {
+        return Err(CommError::InvalidArgument {
+            op: "comm_bench",
+            reason: format!("64 MiB all-reduce: wrong result, want {want} everywhere"),
+        });
+    }
     rows.push(Row {
         op: "all_reduce",
         bytes: 64 * MIB,
@@ -161,7 +192,8 @@ fn worker(backend: &str) -> Result<(), CommError> {
     if std::env::var("DEEPRC_BENCH_CREATE_ONLY").is_ok() {
         return Ok(());
     }
-    let rows = run_ops(&*comm, comm.size() <= 4)?;
+    let all_reduce_only = std::env::var_os("DEEPRC_BENCH_ALL_REDUCE_ONLY").is_some();
+    let rows = run_ops(&*comm, comm.size() <= 4, all_reduce_only)?;
     if comm.rank() == 0 {
         for r in rows {
             println!("ROW\t{}\t{}\t{}", r.op, r.bytes, r.secs);
@@ -171,7 +203,12 @@ fn worker(backend: &str) -> Result<(), CommError> {
 }
 
 /// Starts `n` worker processes of `backend` and collects rank 0's lines.
-fn spawn_workers(backend: &str, n: usize, create_only: bool) -> (f64, Vec<Row>) {
+fn spawn_workers(
+    backend: &str,
+    n: usize,
+    create_only: bool,
+    all_reduce_only: bool,
+) -> (f64, Vec<Row>) {
     let exe = std::env::current_exe().expect("own path");
     let dir = std::env::temp_dir().join(format!(
         "deeprc-bench-{}-{n}-{}",
@@ -188,6 +225,9 @@ fn spawn_workers(backend: &str, n: usize, create_only: bool) -> (f64, Vec<Row>) 
             if create_only {
                 c.env("DEEPRC_BENCH_CREATE_ONLY", "1");
             }
+            if all_reduce_only {
+                c.env("DEEPRC_BENCH_ALL_REDUCE_ONLY", "1");
+            }
             vec![c.stdout(Stdio::piped()).spawn().expect("mpiexec")]
         }
         _ => (0..n)
@@ -201,6 +241,9 @@ fn spawn_workers(backend: &str, n: usize, create_only: bool) -> (f64, Vec<Row>) 
                     .stdout(Stdio::piped());
                 if create_only {
                     c.env("DEEPRC_BENCH_CREATE_ONLY", "1");
+                }
+                if all_reduce_only {
+                    c.env("DEEPRC_BENCH_ALL_REDUCE_ONLY", "1");
                 }
                 c.spawn().expect("worker")
             })
@@ -262,6 +305,59 @@ fn tcp_threads_create_time(n: usize) -> f64 {
     e
 }
 
+/// MPICH's own `MPI_Allreduce` of 64 MiB of f32 in place on `n` ranks,
+/// timed by the C program `prog` (see `benches/comm_bench.sh`).
+fn mpi_c_all_reduce(prog: &str, n: usize) -> Option<Row> {
+    let mpiexec = std::env::var("DEEPRC_BENCH_MPIEXEC").unwrap_or("mpirun".into());
+    let out = Command::new(mpiexec)
+        .args(["-n", &n.to_string(), prog, &(64 * MIB).to_string(), "7"])
+        .stderr(Stdio::inherit())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("MPI_ALLREDUCE\t"))?;
+    let f: Vec<&str> = line.split('\t').collect();
+    Some(Row {
+        op: "all_reduce",
+        bytes: f.get(2)?.parse().ok()?,
+        secs: f.get(3)?.parse().ok()?,
+    })
+}
+
+/// Command-line options (see the module documentation).
+struct Options {
+    all_reduce_only: bool,
+    backends: Option<Vec<String>>,
+    ranks: Vec<usize>,
+}
+
+fn options(args: &[String]) -> Options {
+    let mut o = Options {
+        all_reduce_only: false,
+        backends: None,
+        ranks: vec![2, 4],
+    };
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--all-reduce-only" => o.all_reduce_only = true,
+            "--backends" => {
+                let v = it.next().expect("--backends needs a list");
+                o.backends = Some(v.split(',').map(str::to_string).collect());
+            }
+            "--ranks" => {
+                let v = it.next().expect("--ranks needs a list");
+                o.ranks = v
+                    .split(',')
+                    .map(|r| r.parse().expect("--ranks takes numbers"))
+                    .collect();
+            }
+            other => panic!("unknown option {other} (see the source's documentation)"),
+        }
+    }
+    o
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() >= 3 && args[1] == "--worker" {
@@ -271,11 +367,63 @@ fn main() {
         }
         return;
     }
-    let mpi = cfg!(feature = "mpi") && std::env::var("DEEPRC_BENCH_MPIEXEC").is_ok();
-    let gloo = cfg!(feature = "gloo");
+    let opts = options(&args);
+    let wanted = |b: &str| {
+        opts.backends
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|x| x == b))
+    };
+    let mpi =
+        cfg!(feature = "mpi") && std::env::var("DEEPRC_BENCH_MPIEXEC").is_ok() && wanted("mpi");
+    let gloo = cfg!(feature = "gloo") && wanted("gloo");
+    let mpi_c = std::env::var("DEEPRC_BENCH_MPI_C")
+        .ok()
+        .filter(|_| wanted("mpi"));
     let memcpy = memcpy_gbps(256 * MIB);
     println!("memcpy bandwidth (256 MiB, this run): {memcpy:.2} GB/s\n");
+    if !opts.all_reduce_only {
+        creation_table(mpi, gloo, &wanted);
+    }
 
+    println!("\n## Collectives (sizes are totals over all ranks; all-reduce: per rank)\n");
+    println!("| backend | ranks | op | size | time | bandwidth | vs memcpy |");
+    println!("|---|---|---|---|---|---|---|");
+    if wanted("local") {
+        for &n in &opts.ranks {
+            let rows =
+                local::launch(n, |c| run_ops(&c, true, opts.all_reduce_only)).expect("local run");
+            print_rows("local", n, &rows[0], memcpy);
+        }
+    }
+    let mut backends = Vec::new();
+    if wanted("tcp") {
+        backends.push("tcp");
+    }
+    if gloo {
+        backends.push("gloo");
+    }
+    if mpi {
+        backends.push("mpi");
+    }
+    for b in &backends {
+        for &n in &opts.ranks {
+            let (_, rows) = spawn_workers(b, n, false, opts.all_reduce_only);
+            print_rows(b, n, &rows, memcpy);
+        }
+    }
+    if let Some(prog) = &mpi_c {
+        for &n in &opts.ranks {
+            match mpi_c_all_reduce(prog, n) {
+                Some(row) => print_rows("mpich-c", n, &[row], memcpy),
+                None => println!("| mpich-c | {n} | all_reduce | (the C program failed) |"),
+            }
+        }
+    }
+    let after = memcpy_gbps(256 * MIB);
+    println!("\nmemcpy bandwidth at the end of the run: {after:.2} GB/s");
+}
+
+fn creation_table(mpi: bool, gloo: bool, wanted: &dyn Fn(&str) -> bool) {
     println!("## Communicator creation (slowest rank, median)\n");
     println!("| backend | ranks | create |");
     println!("|---|---|---|");
@@ -291,7 +439,10 @@ fn main() {
             tcp_threads_create_time(n) * 1e3
         );
     }
-    let mut backends = vec!["tcp"];
+    let mut backends = Vec::new();
+    if wanted("tcp") {
+        backends.push("tcp");
+    }
     if gloo {
         backends.push("gloo");
     }
@@ -300,22 +451,8 @@ fn main() {
     }
     for b in &backends {
         for n in [2, 4, 8] {
-            let times: Vec<f64> = (0..5).map(|_| spawn_workers(b, n, true).0).collect();
+            let times: Vec<f64> = (0..5).map(|_| spawn_workers(b, n, true, false).0).collect();
             println!("| {b} (processes) | {n} | {:.3} ms |", median(times) * 1e3);
-        }
-    }
-
-    println!("\n## Collectives (sizes are totals over all ranks)\n");
-    println!("| backend | ranks | op | size | time | bandwidth | vs memcpy |");
-    println!("|---|---|---|---|---|---|---|");
-    for n in [2, 4] {
-        let rows = local::launch(n, |c| run_ops(&c, true)).expect("local run");
-        print_rows("local", n, &rows[0], memcpy);
-    }
-    for b in &backends {
-        for n in [2, 4] {
-            let (_, rows) = spawn_workers(b, n, false);
-            print_rows(b, n, &rows, memcpy);
         }
     }
 }

@@ -198,10 +198,10 @@ fn run() -> Result<(), Error> {
         deeprc_frame::io::read_etth1(deeprc_frame::io::data_dir().join("ETT-small/ETTh1.csv"))?;
     tch::set_num_threads((num_cpus() / a.ranks).max(1) as i32);
     let mut rows = Vec::new();
-    for (lookback, _, _) in a
+    for lookback in a
         .models
         .iter()
-        .map(|m| published(m, a.horizon))
+        .map(|m| published(m, a.horizon).0)
         .collect::<std::collections::BTreeSet<_>>()
     {
         let lb = a.lookback.unwrap_or(lookback);

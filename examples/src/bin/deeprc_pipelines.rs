@@ -6,7 +6,7 @@
 //! source scripts/env.sh
 //! cargo run --profile main -p deeprc-examples --features tch --bin deeprc_pipelines -- \
 //!     [--out out] [--ranks 2] [--paper] [--models NLinear,...] [--steps 150] \
-//!     [--hydro-epochs 8] [--framework tch|tensorflow] [--parts 10] [--no-bare-metal]
+//!     [--hydro-epochs 30] [--frameworks tch,tensorflow] [--parts 10] [--no-bare-metal]
 //! ```
 //!
 //! The defaults (embedded: one local pilot, thread ranks, small models, a
@@ -36,7 +36,9 @@ struct Args {
     models: Vec<String>,
     steps: u64,
     hydro_epochs: usize,
-    framework: String,
+    hydro_batch: usize,
+    hydro_lr: f64,
+    frameworks: Vec<String>,
     parts: usize,
     bare_metal: bool,
 }
@@ -48,8 +50,10 @@ fn parse() -> Result<Args, Error> {
         paper: false,
         models: PAPER_MODELS.iter().map(|s| s.to_string()).collect(),
         steps: 150,
-        hydro_epochs: 8,
-        framework: "tch".into(),
+        hydro_epochs: 30,
+        hydro_batch: 32,
+        hydro_lr: 5e-3,
+        frameworks: vec!["tch".into(), "tensorflow".into()],
         parts: 10,
         bare_metal: true,
     };
@@ -64,10 +68,24 @@ fn parse() -> Result<Args, Error> {
         match v[i].as_str() {
             "--out" => a.out = PathBuf::from(val()?),
             "--ranks" => a.ranks = val()?.parse()?,
-            "--models" => a.models = val()?.split(',').map(str::to_string).collect(),
+            "--models" => {
+                a.models = val()?
+                    .split(',')
+                    .filter(|m| !m.is_empty() && *m != "none")
+                    .map(str::to_string)
+                    .collect()
+            }
             "--steps" => a.steps = val()?.parse()?,
             "--hydro-epochs" => a.hydro_epochs = val()?.parse()?,
-            "--framework" => a.framework = val()?,
+            "--hydro-batch" => a.hydro_batch = val()?.parse()?,
+            "--hydro-lr" => a.hydro_lr = val()?.parse()?,
+            "--frameworks" => {
+                a.frameworks = val()?
+                    .split(',')
+                    .filter(|f| !f.is_empty() && *f != "none")
+                    .map(str::to_string)
+                    .collect()
+            }
             "--parts" => a.parts = val()?.parse()?,
             "--paper" => {
                 a.paper = true;
@@ -122,14 +140,18 @@ fn forecast_task(a: &Args, data: &Path, model: &str) -> ForecastTask {
     }
 }
 
-fn hydro_task(a: &Args, data: &Path, out: &Path) -> HydroTask {
+fn hydro_task(a: &Args, data: &Path, out: &Path, framework: &str) -> HydroTask {
     HydroTask {
         data: data.to_path_buf(),
         out: out.to_path_buf(),
         seq_len: 270,
         hidden: if a.paper { 256 } else { 64 },
         epochs: a.hydro_epochs,
-        framework: a.framework.clone(),
+        // 4 basins x 2 years give ~1,500 training windows: Kratzert's batch
+        // of 256 would make 6 steps an epoch.
+        batch_size: a.hydro_batch,
+        lr: a.hydro_lr,
+        framework: framework.to_string(),
         seed: 7,
     }
 }
@@ -212,12 +234,19 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
     let tm = session.task_manager();
     tm.add_pilot(&pilot);
     let t_pilot = Instant::now();
-    let hydro = tm.submit(
-        TaskDescription::function("hydrology")
-            .name("hydrology")
-            .ranks(a.ranks)
-            .try_args(&hydro_task(&a, &data, &out.join("hydrology")))?,
-    )?;
+    let mut hydros = Vec::new();
+    for fw in &a.frameworks {
+        let args = hydro_task(&a, &data, &out.join("hydrology").join(fw), fw);
+        hydros.push((
+            fw.clone(),
+            tm.submit(
+                TaskDescription::function("hydrology")
+                    .name(format!("hydrology {fw}"))
+                    .ranks(a.ranks)
+                    .try_args(&args)?,
+            )?,
+        ));
+    }
     let mut trains = Vec::new();
     let mut predicts = Vec::new();
     for m in &a.models {
@@ -244,7 +273,7 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
         }
         trains.push((m.clone(), train));
     }
-    let total = 1 + trains.len() + predicts.len();
+    let total = hydros.len() + trains.len() + predicts.len();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -259,14 +288,20 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
     }
     bar.finish_and_clear();
     let pilot_seconds = t_pilot.elapsed().as_secs_f64();
-    let mut task_times = vec![times("hydrology", &hydro)];
+    let mut task_times: Vec<TaskTimes> = hydros
+        .iter()
+        .map(|(fw, t)| times(&format!("hydrology {fw}"), t))
+        .collect();
     task_times.extend(trains.iter().map(|(m, t)| times(&format!("train {m}"), t)));
     task_times.extend(
         predicts
             .iter()
             .map(|(m, t)| times(&format!("predict {m}"), t)),
     );
-    let hydro_pilot: Option<HydroSummary> = hydro.result().ok();
+    let hydro_pilot: Vec<(String, Option<HydroSummary>)> = hydros
+        .iter()
+        .map(|(fw, t)| (fw.clone(), t.result().ok()))
+        .collect();
     let train_pilot: Vec<(String, Option<TrainSummary>)> = trains
         .iter()
         .map(|(m, t)| (m.clone(), t.result().ok()))
@@ -305,7 +340,7 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
     };
 
     // ---- bare metal -------------------------------------------------------
-    let mut bare_hydro: Option<(HydroSummary, f64)> = None;
+    let mut bare_hydro: Vec<(String, Option<(HydroSummary, f64)>)> = Vec::new();
     let mut bare_train: Vec<(String, Option<(TrainSummary, f64)>, f64)> = Vec::new();
     if a.bare_metal {
         println!(
@@ -313,11 +348,18 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
             a.ranks
         );
         let bare_out = out.join("bare_metal");
-        let ht = hydro_task(&a, &data, &bare_out.join("hydrology"));
-        let t = Instant::now();
-        match local::launch(a.ranks, |c| pipelines::hydrology_task(Arc::new(c), &ht)) {
-            Ok(mut r) => bare_hydro = Some((r.remove(0), t.elapsed().as_secs_f64())),
-            Err(e) => println!("  hydrology: {e}"),
+        for fw in &a.frameworks {
+            let ht = hydro_task(&a, &data, &bare_out.join("hydrology").join(fw), fw);
+            let t = Instant::now();
+            match local::launch(a.ranks, |c| pipelines::hydrology_task(Arc::new(c), &ht)) {
+                Ok(mut r) => {
+                    bare_hydro.push((fw.clone(), Some((r.remove(0), t.elapsed().as_secs_f64()))))
+                }
+                Err(e) => {
+                    println!("  hydrology {fw}: {e}");
+                    bare_hydro.push((fw.clone(), None));
+                }
+            }
         }
         for m in &a.models {
             let mut ft = forecast_task(&a, &data, m);
@@ -355,16 +397,19 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
         &out,
         &task_times,
         pilot_seconds,
-        hydro_pilot.as_ref(),
+        &hydro_pilot,
         &train_pilot,
         metrics.as_ref(),
-        bare_hydro.as_ref(),
+        &bare_hydro,
         &bare_train,
     )?;
     println!("== done in {:.1} s", started.elapsed().as_secs_f64());
     println!("   report:      {}", out.join("report.md").display());
     println!("   plots:       {}", out.join("plots").display());
-    println!("   hydrology:   {}", out.join("hydrology").display());
+    println!(
+        "   hydrology:   {} (hydrographs, predictions)",
+        out.join("hydrology").display()
+    );
     println!(
         "   pilot trace: {} (open in ui.perfetto.dev)",
         out.join("pilot/trace.json").display()
@@ -378,10 +423,10 @@ fn write_report(
     out: &Path,
     tasks: &[TaskTimes],
     pilot_seconds: f64,
-    hydro: Option<&HydroSummary>,
+    hydros: &[(String, Option<HydroSummary>)],
     trains: &[(String, Option<TrainSummary>)],
     metrics: Option<&deeprc_frame::Table>,
-    bare_hydro: Option<&(HydroSummary, f64)>,
+    bare_hydro: &[(String, Option<(HydroSummary, f64)>)],
     bare_train: &[(String, Option<(TrainSummary, f64)>, f64)],
 ) -> Result<(), PipelineError> {
     let f = |v: f64| format!("{v:.4}");
@@ -393,17 +438,26 @@ fn write_report(
         if a.paper { "published sizes" } else { "small variants" },
         a.steps,
         a.hydro_epochs,
-        a.framework,
+        a.frameworks.join(" and "),
         a.parts
     ));
 
     md.push_str("## Hydrology (CAMELS-US, 4 basins, test year 2002)\n\n");
-    if let Some(h) = hydro {
+    for (fw, h) in hydros {
+        md.push_str(&format!("### LSTM in {fw}\n\n"));
+        let Some(h) = h else {
+            md.push_str("The task failed (see the failed tasks below).\n\n");
+            continue;
+        };
+        let bare_of = bare_hydro
+            .iter()
+            .find(|b| &b.0 == fw)
+            .and_then(|b| b.1.as_ref());
         let rows: Vec<Vec<String>> = h
             .basins
             .iter()
             .map(|(g, n, c)| {
-                let bare = bare_hydro
+                let bare = bare_of
                     .and_then(|(b, _)| b.basins.iter().find(|x| &x.0 == g))
                     .map_or("-".into(), |x| f(x.1));
                 vec![g.clone(), f(*n), bare, f(*c)]
@@ -418,20 +472,25 @@ fn write_report(
             ],
             &rows,
         ));
+        report::write(
+            &out.join(format!("hydrology_nse_{fw}.csv")),
+            &report::csv(
+                &["gauge", "nse_pilot", "nse_bare_metal", "nse_climatology"],
+                &rows,
+            ),
+        )?;
         md.push_str(&format!(
-            "\nMedian NSE {:.3} (climatology {:.3}); {} rows after preprocessing; windows train/val/test {:?}; {} steps; preprocessing {:.2} s, training {:.1} s.\nHydrographs: `hydrology/hydrograph_*.png`; predictions: `hydrology/predictions.parquet`.\n\n",
+            "\nMedian NSE {:.3} (climatology {:.3}); {} rows after preprocessing; windows train/val/test {:?}; {} steps; preprocessing {:.2} s, training {:.1} s. Hydrographs: `hydrology/{fw}/hydrograph_*.png`; predictions: `hydrology/{fw}/predictions.parquet`; learning curve: `plots/hydrology_{fw}_loss.png`.\n\n",
             h.median_nse, h.median_climatology, h.rows, h.windows, h.steps, h.preprocess_seconds, h.train_seconds
         ));
         let curve: Vec<(f64, f64, f64)> = h.curve.iter().map(|c| (c.0 as f64, c.1, c.2)).collect();
         if !curve.is_empty() {
             report::loss_plot(
-                &out.join("plots/hydrology_loss.png"),
-                "hydrology LSTM: learning curve",
+                &out.join(format!("plots/hydrology_{fw}_loss.png")),
+                &format!("hydrology LSTM ({fw}): learning curve"),
                 &curve,
             )?;
         }
-    } else {
-        md.push_str("The hydrology task failed (see the task table).\n\n");
     }
 
     md.push_str("## Forecasting (ETTh1, horizon 96, look-back 96, normalised test MSE/MAE over 7 channels)\n\n");
@@ -564,8 +623,11 @@ fn write_report(
         ]);
     };
     for t in tasks.iter().filter(|t| !t.name.starts_with("predict")) {
-        let bare = if t.name == "hydrology" {
-            bare_hydro.map(|b| b.1)
+        let bare = if let Some(fw) = t.name.strip_prefix("hydrology ") {
+            bare_hydro
+                .iter()
+                .find(|b| b.0 == fw)
+                .and_then(|b| b.1.as_ref().map(|x| x.1))
         } else {
             bare_train
                 .iter()

@@ -1,0 +1,305 @@
+//! The pipelines on reduced settings: preprocessing checked against the
+//! raw files, both pipelines on 1 and 2 thread ranks, the pilot's results
+//! against bare metal, and the errors a user can cause.
+
+use deeprc_comm::{local, Communicator};
+use deeprc_examples::hydrology;
+use deeprc_examples::pipelines::{self, ForecastTask, HydroSummary, HydroTask, TrainSummary};
+use deeprc_pilot::{FunctionLaunch, PilotDescription, Session, TaskDescription, TaskState};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A fresh folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("deeprc-pipelines-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn hydro_args(out: &Path, framework: &str) -> HydroTask {
+    HydroTask {
+        data: data(),
+        out: out.to_path_buf(),
+        seq_len: 30,
+        hidden: 8,
+        epochs: 1,
+        batch_size: 64,
+        lr: 5e-3,
+        framework: framework.into(),
+        seed: 3,
+    }
+}
+
+fn forecast_args(dir: &Path, model: &str) -> ForecastTask {
+    ForecastTask {
+        data: data(),
+        model: model.into(),
+        input_size: 48,
+        horizon: 24,
+        small: true,
+        max_steps: 6,
+        val_every: 3,
+        batch_size: 16,
+        lr: 1e-3,
+        seed: 1,
+        model_file: dir.join(format!("{model}.ot")),
+        part: 0,
+        parts: 2,
+        predictions: PathBuf::new(),
+    }
+}
+
+/// A session with the pipelines' functions and a local pilot of 2 cores
+/// whose worker processes are the main job's binary.
+fn session(dir: &Path) -> (Session, deeprc_pilot::TaskManager) {
+    let s = Session::builder()
+        .registry(pipelines::registry())
+        .sandbox(dir.join("sandbox"))
+        .build()
+        .unwrap();
+    let p = s
+        .pilot_manager()
+        .submit(
+            PilotDescription::local()
+                .cores(2)
+                .worker_executable(env!("CARGO_BIN_EXE_deeprc_pipelines")),
+        )
+        .unwrap();
+    let tm = s.task_manager();
+    tm.add_pilot(&p);
+    (s, tm)
+}
+
+fn data() -> std::path::PathBuf {
+    std::env::var_os("DEEPRC_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
+        })
+}
+
+#[test]
+fn hydrology_preprocessing_joins_the_next_days_forcing_to_each_days_flow() {
+    let out = local::launch(2, |c| {
+        let comm: Arc<dyn Communicator> = Arc::new(c);
+        let t = hydrology::preprocess(&comm, &data())?;
+        Ok::<_, deeprc_examples::PipelineError>(t.gather(0)?)
+    })
+    .unwrap();
+    let t = out[0].as_ref().unwrap();
+    println!("{}", t.head(3).pretty().unwrap());
+    let gauges: Vec<String> = t
+        .column_as::<String>("gauge")
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    let first = t
+        .filter_sql("gauge = '01022500' AND CAST(date AS INT) = 10957")
+        .unwrap();
+    assert_eq!(first.num_rows(), 1, "2000-01-01 of 01022500");
+    // 2000-01-02's prcp of 01022500 in the Daymet file, joined to 2000-01-01.
+    let prcp = first.column_as::<f64>("prcp").unwrap()[0].unwrap();
+    let q = first.column_as::<f64>("q_mm").unwrap()[0].unwrap();
+    println!("prcp {prcp} q_mm {q}");
+    assert!(gauges.len() > 4000, "{}", gauges.len());
+}
+
+#[test]
+fn hydrology_on_one_and_two_thread_ranks_gives_an_nse_for_every_basin() {
+    deeprc_bridge::tch::tch_crate::set_num_threads(1);
+    let dir = scratch("hydro-ranks");
+    for ranks in [1, 2] {
+        let args = hydro_args(&dir.join(format!("r{ranks}")), "tch");
+        let out = local::launch(ranks, |c| pipelines::hydrology_task(Arc::new(c), &args)).unwrap();
+        let h = &out[0];
+        assert_eq!(h.basins.len(), 4, "{h:?}");
+        assert!(
+            h.basins.iter().all(|b| b.1.is_finite() && b.2.is_finite()),
+            "{h:?}"
+        );
+        assert!(
+            out.iter().all(|o| o.basins == h.basins),
+            "every rank reports the same NSE"
+        );
+        assert!(h.windows.iter().all(|&w| w > 0));
+        for f in ["predictions.parquet", "nse.csv", "hydrograph_01022500.png"] {
+            assert!(args.out.join(f).exists(), "{f}");
+        }
+        let p = deeprc_frame::io::read_parquet(args.out.join("predictions.parquet")).unwrap();
+        assert_eq!(
+            p.num_rows() as u64,
+            h.windows[2],
+            "one prediction per test window"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(feature = "tensorflow")]
+#[test]
+fn tensorflow_hydrology_under_the_pilot_equals_bare_metal() {
+    let dir = scratch("hydro-tf");
+    let args = hydro_args(&dir.join("bare"), "tensorflow");
+    let bare: HydroSummary = local::launch(2, |c| pipelines::hydrology_task(Arc::new(c), &args))
+        .unwrap()
+        .remove(0);
+    let (s, tm) = session(&dir);
+    let t = tm
+        .submit(
+            TaskDescription::function("hydrology")
+                .ranks(2)
+                .try_args(&hydro_args(&dir.join("pilot"), "tensorflow"))
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(t.wait(), TaskState::Done, "{:?}", t.reason());
+    let pilot: HydroSummary = t.result().unwrap();
+    // TensorFlow's kernels and our rank-ordered all-reduce are
+    // deterministic: the same numbers.
+    assert_eq!(pilot.basins, bare.basins);
+    s.close().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn forecasting_under_the_pilot_on_threads_and_processes_equals_bare_metal() {
+    deeprc_bridge::tch::tch_crate::set_num_threads(1);
+    let dir = scratch("forecast");
+    for model in ["NLinear", "DLinear"] {
+        for ranks in [1, 2] {
+            let mut a = forecast_args(&dir.join(format!("bare{ranks}")), model);
+            std::fs::create_dir_all(a.model_file.parent().unwrap()).unwrap();
+            let bare: TrainSummary =
+                local::launch(ranks, |c| pipelines::forecast_train_task(Arc::new(c), &a))
+                    .unwrap()
+                    .remove(0);
+            assert!(bare.mse.is_finite() && bare.steps == 6, "{bare:?}");
+            let (s, tm) = session(&dir);
+            for launch in [FunctionLaunch::Threads, FunctionLaunch::Processes] {
+                a.model_file = dir
+                    .join(format!("pilot{ranks}-{launch:?}"))
+                    .join(format!("{model}.ot"));
+                std::fs::create_dir_all(a.model_file.parent().unwrap()).unwrap();
+                let t = tm
+                    .submit(
+                        TaskDescription::function("forecast_train")
+                            .ranks(ranks)
+                            .function_launch(launch)
+                            .try_args(&a)
+                            .unwrap(),
+                    )
+                    .unwrap();
+                assert_eq!(
+                    t.wait(),
+                    TaskState::Done,
+                    "{model} {ranks} {launch:?}: {:?}",
+                    t.reason()
+                );
+                let got: TrainSummary = t.result().unwrap();
+                // Linear models without dropout: the same numbers.
+                assert_eq!(got.mse, bare.mse, "{model} on {ranks} rank(s), {launch:?}");
+                assert_eq!(got.curve, bare.curve);
+                // The prediction phase: two parts cover every test window once.
+                let mut rows = 0;
+                for part in 0..2 {
+                    let mut p = a.clone();
+                    p.part = part;
+                    p.predictions =
+                        dir.join(format!("pred-{model}-{ranks}-{launch:?}-{part}.parquet"));
+                    let t = tm
+                        .submit(
+                            TaskDescription::function("forecast_predict")
+                                .try_args(&p)
+                                .unwrap(),
+                        )
+                        .unwrap();
+                    assert_eq!(t.wait(), TaskState::Done, "{:?}", t.reason());
+                    rows += t.result::<usize>().unwrap();
+                }
+                assert_eq!(rows, (2880 - 24 + 1) * 24, "every test window, every step");
+            }
+            s.close().unwrap();
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failing_pipeline_task_is_reported_and_the_others_finish() {
+    let dir = scratch("bad-input");
+    let (s, tm) = session(&dir);
+    let good = tm
+        .submit(
+            TaskDescription::function("forecast_train")
+                .try_args(&forecast_args(&dir, "NLinear"))
+                .unwrap(),
+        )
+        .unwrap();
+    let unknown = tm
+        .submit(
+            TaskDescription::function("forecast_train")
+                .try_args(&forecast_args(&dir, "NoSuchModel"))
+                .unwrap(),
+        )
+        .unwrap();
+    let mut missing = hydro_args(&dir.join("h"), "tch");
+    missing.data = dir.join("no-data-here");
+    let no_data = tm
+        .submit(
+            TaskDescription::function("hydrology")
+                .try_args(&missing)
+                .unwrap(),
+        )
+        .unwrap();
+    let mut bad_fw = hydro_args(&dir.join("h2"), "tch");
+    bad_fw.framework = "caffe".into();
+    let bad_framework = tm
+        .submit(
+            TaskDescription::function("hydrology")
+                .try_args(&bad_fw)
+                .unwrap(),
+        )
+        .unwrap();
+    tm.wait_all();
+    assert_eq!(good.state(), TaskState::Done, "{:?}", good.reason());
+    let why = |t: &deeprc_pilot::Task| t.reason().map(|r| r.to_string()).unwrap_or_default();
+    assert_eq!(unknown.state(), TaskState::Failed);
+    assert!(
+        why(&unknown).contains("unknown model \"NoSuchModel\""),
+        "{}",
+        why(&unknown)
+    );
+    assert_eq!(no_data.state(), TaskState::Failed);
+    assert!(why(&no_data).contains("no-data-here"), "{}", why(&no_data));
+    assert!(
+        why(&bad_framework).contains("caffe"),
+        "{}",
+        why(&bad_framework)
+    );
+    s.close().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn more_ranks_than_windows_and_a_truncated_file_are_errors_that_say_so() {
+    // A truncated ETTh1: 300 rows give no test window for a 96-hour horizon.
+    let dir = scratch("truncated");
+    std::fs::create_dir_all(dir.join("ETT-small")).unwrap();
+    let full = std::fs::read_to_string(data().join("ETT-small/ETTh1.csv")).unwrap();
+    let head: String = full.lines().take(300).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("ETT-small/ETTh1.csv"), head).unwrap();
+    let mut a = forecast_args(&dir, "NLinear");
+    a.data = dir.clone();
+    let err = local::launch(1, |c| pipelines::forecast_train_task(Arc::new(c), &a)).unwrap_err();
+    println!("{err}");
+    assert!(!err.to_string().is_empty());
+    // A line cut in the middle.
+    let cut: String =
+        full.lines().take(20).collect::<Vec<_>>().join("\n") + "\n2016-07-01 20:00:00,5.8";
+    std::fs::write(dir.join("ETT-small/ETTh1.csv"), cut).unwrap();
+    let err = local::launch(1, |c| pipelines::forecast_train_task(Arc::new(c), &a)).unwrap_err();
+    assert!(err.to_string().contains("ETTh1.csv"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
