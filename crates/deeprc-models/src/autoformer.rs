@@ -52,8 +52,8 @@
 //! sequence's length.
 
 use crate::layers::attention::{check_dropout, Activation, DataEmbedding};
-use crate::layers::torch_linear;
 use crate::layers::decomp::series_decomp;
+use crate::layers::torch_linear;
 use crate::{check_window, ForecastConfig, Forecaster, ModelError, Result};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};

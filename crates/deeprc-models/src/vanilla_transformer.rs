@@ -36,10 +36,10 @@
 //! ([`VanillaTransformerConfig::causal_decoder`]). There are no calendar
 //! features (the univariate, covariate-free setting of the paper's runs).
 
-use crate::layers::torch_linear;
 use crate::layers::attention::{
     check_dropout, Activation, DataEmbedding, DecoderLayer, EncoderLayer, LayerConfig,
 };
+use crate::layers::torch_linear;
 use crate::{check_window, ForecastConfig, Forecaster, ModelError, Result};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};

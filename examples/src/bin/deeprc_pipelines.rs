@@ -156,6 +156,10 @@ fn hydro_task(a: &Args, data: &Path, out: &Path, framework: &str) -> HydroTask {
     }
 }
 
+/// A model's bare-metal run: (model, its training summary and seconds,
+/// the seconds of its prediction parts one after another).
+type BareTrain = (String, Option<(TrainSummary, f64)>, f64);
+
 /// One pilot task's times, in seconds.
 #[derive(Debug, Clone)]
 struct TaskTimes {
@@ -341,7 +345,7 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
 
     // ---- bare metal -------------------------------------------------------
     let mut bare_hydro: Vec<(String, Option<(HydroSummary, f64)>)> = Vec::new();
-    let mut bare_train: Vec<(String, Option<(TrainSummary, f64)>, f64)> = Vec::new();
+    let mut bare_train: Vec<BareTrain> = Vec::new();
     if a.bare_metal {
         println!(
             "== bare metal: the same functions on {} thread rank(s), one after another",
@@ -427,7 +431,7 @@ fn write_report(
     trains: &[(String, Option<TrainSummary>)],
     metrics: Option<&deeprc_frame::Table>,
     bare_hydro: &[(String, Option<(HydroSummary, f64)>)],
-    bare_train: &[(String, Option<(TrainSummary, f64)>, f64)],
+    bare_train: &[BareTrain],
 ) -> Result<(), PipelineError> {
     let f = |v: f64| format!("{v:.4}");
     let mut md = String::from("# Deep RC: the pipelines, end to end\n\n");

@@ -195,7 +195,7 @@ pub fn preprocess(comm: &Arc<dyn Communicator>, data: &Path) -> Result<DistTable
         )?
         .with_column_sql("doy", "CAST(date_part('doy', date) AS DOUBLE)")?
         .shuffle(&["gauge"])?
-        .map_partitions(|t| Ok(t.sort(&[SortKey::asc("gauge"), SortKey::asc("date")])?))?;
+        .map_partitions(|t| t.sort(&[SortKey::asc("gauge"), SortKey::asc("date")]))?;
     if table.num_rows()? == 0 {
         return Err(PipelineError::Invalid(
             "no basin has forcing and streamflow on the same dates".into(),

@@ -269,13 +269,16 @@ fn unscale(scaler: &Scaler, v: f32) -> Result<f64> {
     Ok(scaler.inverse("q_mm", f64::from(v))?)
 }
 
+/// Called with a batch's valid samples, their targets and predictions.
+type EachBatch<'a> = dyn FnMut(&[u32], &[f32], &[f32]) -> Result<()> + 'a;
+
 /// Squared errors and count over this rank's windows of `loader`, calling
 /// `each(samples, targets, predictions)` for every batch's valid samples.
 fn squared_errors(
     model: &mut dyn HydroModel,
     loader: &Loader<WindowDataset>,
     t: usize,
-    each: &mut dyn FnMut(&[u32], &[f32], &[f32]) -> Result<()>,
+    each: &mut EachBatch<'_>,
 ) -> Result<(f64, f64)> {
     let (mut se, mut n) = (0.0, 0.0);
     for b in loader.epoch(0) {

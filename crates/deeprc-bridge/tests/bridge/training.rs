@@ -348,10 +348,12 @@ fn a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step() {
         let (x, y) = data();
         let before = flat_params(&model.vs);
         for step in 0..3 {
-            let mut loss = model.seq.forward(&x).mse_loss(&y, Reduction::Mean);
-            if step == 2 && rank == 1 {
-                loss = loss * f64::NAN;
-            }
+            let loss = model.seq.forward(&x).mse_loss(&y, Reduction::Mean);
+            let loss = if step == 2 && rank == 1 {
+                &loss * f64::NAN
+            } else {
+                loss
+            };
             match t.step(&loss) {
                 Ok(_) => {}
                 Err(e) => {
