@@ -198,9 +198,25 @@ fn forecasting_under_the_pilot_on_threads_and_processes_equals_bare_metal() {
                     t.reason()
                 );
                 let got: TrainSummary = t.result().unwrap();
-                // Linear models without dropout: the same numbers.
-                assert_eq!(got.mse, bare.mse, "{model} on {ranks} rank(s), {launch:?}");
-                assert_eq!(got.curve, bare.curve);
+                // Linear models without dropout: the same training. The
+                // metrics are sums over 2785 x 24 x 7 errors, whose order
+                // follows libtorch's intra-op threads (a worker process has
+                // its own thread count): equal to the last few bits.
+                let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(1.0);
+                assert!(
+                    close(got.mse, bare.mse),
+                    "{model} on {ranks} rank(s), {launch:?}: {} vs {}",
+                    got.mse,
+                    bare.mse
+                );
+                assert_eq!(got.curve.len(), bare.curve.len());
+                for (g, b) in got.curve.iter().zip(&bare.curve) {
+                    assert_eq!(g.0, b.0);
+                    assert!(
+                        close(g.1, b.1) && close(g.2, b.2),
+                        "{model} {launch:?}: curve {g:?} vs {b:?}"
+                    );
+                }
                 // The prediction phase: two parts cover every test window once.
                 let mut rows = 0;
                 for part in 0..2 {

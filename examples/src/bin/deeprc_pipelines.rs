@@ -5,7 +5,7 @@
 //! ```text
 //! source scripts/env.sh
 //! cargo run --profile main -p deeprc-examples --features tch --bin deeprc_pipelines -- \
-//!     [--out out] [--ranks 2] [--paper] [--models NLinear,...] [--steps 150] \
+//!     [--out out] [--ranks 2] [--paper] [--models NLinear,...] [--steps 100] \
 //!     [--hydro-epochs 30] [--frameworks tch,tensorflow] [--parts 10] [--no-bare-metal]
 //! ```
 //!
@@ -49,7 +49,7 @@ fn parse() -> Result<Args, Error> {
         ranks: 2,
         paper: false,
         models: PAPER_MODELS.iter().map(|s| s.to_string()).collect(),
-        steps: 150,
+        steps: 100,
         hydro_epochs: 30,
         hydro_batch: 32,
         hydro_lr: 5e-3,
