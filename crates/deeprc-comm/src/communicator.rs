@@ -1,6 +1,6 @@
 //! The [`Communicator`] trait and its typed extension [`CommunicatorExt`].
 
-use crate::{reduce, CommError, Result};
+use crate::{CommError, Result};
 use bytes::Bytes;
 use std::{any::Any, fmt, sync::Arc};
 
@@ -309,6 +309,7 @@ pub(crate) fn check_elements(op: &'static str, data: &[u8], dtype: DType) -> Res
 }
 
 /// Reduces `other` into `acc` (both packed `dtype` arrays of equal length).
+#[cfg(any(feature = "gloo", feature = "nccl"))]
 pub(crate) fn reduce_bytes(acc: &mut [u8], other: &[u8], dtype: DType, op: ReduceOp) {
-    reduce::reduce_into(acc, other, dtype, op)
+    crate::reduce::reduce_into(acc, other, dtype, op)
 }

@@ -266,6 +266,130 @@ fn all_reduce_small(c: &dyn Communicator, _: Sizes) -> Result<()> {
     check(x == c.size() as i64, || format!("max scalar {x}"))
 }
 
+/// Element counts for [`all_reduce_rank_order`] on `n` ranks: empty,
+/// shorter than the rank count, not divisible by it, around the 64-byte
+/// blocks that all-reduces split buffers into; with `large`, also lengths
+/// spanning several 1 MiB pipeline segments per rank (these cost about
+/// 20 * n^2 MiB of memory traffic per rank).
+pub fn odd_lengths(n: usize, large: bool) -> Vec<usize> {
+    let mut v = vec![0, 1, 2, 3, 7, 15, 16, 17, 63, 64, 65, 1000, 4099];
+    v.extend([
+        n.saturating_sub(1),
+        n,
+        n + 1,
+        2 * n + 1,
+        16 * n - 1,
+        64 * n + 3,
+    ]);
+    if large {
+        v.push(n * (5 << 18) + 13);
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Every dtype with every operator, on buffers of `len` elements whose
+/// floats span many magnitudes (so that another association order than
+/// rank order gives other bits) and are never NaN.
+fn rank_order_inputs(dtype: DType, rank: usize, len: usize, case: u64) -> Vec<u8> {
+    let size = dtype.size();
+    let mut bytes = pattern(case, rank, 0, len * size).to_vec();
+    match dtype {
+        DType::F32 => {
+            for x in bytemuck::cast_slice_mut::<u8, [u8; 4]>(&mut bytes) {
+                let b = u32::from_le_bytes(*x);
+                // Sign and mantissa random, exponent in 2^-15..2^15.
+                let e = 127 - 15 + (b >> 23 & 0xff) % 31;
+                *x = ((b & 0x807f_ffff) | e << 23).to_le_bytes();
+            }
+        }
+        DType::F64 => {
+            for x in bytemuck::cast_slice_mut::<u8, [u8; 8]>(&mut bytes) {
+                let b = u64::from_le_bytes(*x);
+                let e = 1023 - 40 + (b >> 52 & 0x7ff) % 81;
+                *x = ((b & 0x800f_ffff_ffff_ffff) | e << 52).to_le_bytes();
+            }
+        }
+        _ => {}
+    }
+    bytes
+}
+
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The all-reduce contract of the backends that reduce in rank order
+/// (local, tcp, gloo; not MPI or NCCL, whose floating-point association
+/// is their library's): for every length of `lengths` (in elements),
+/// every dtype and every operator, every rank's result is bitwise the
+/// sequential reduction `op(...op(op(x0, x1), x2)..., x(n-1))`, and the
+/// same bits on every rank. Lengths over 65,536 elements are checked for
+/// a subset: `f32` and `f64` sums and products, `u8` sums and `i32` maxima.
+/// Called on every rank; returns the number of cases checked.
+pub fn all_reduce_rank_order(c: &dyn Communicator, lengths: &[usize]) -> Result<usize> {
+    const DTYPES: [DType; 10] = [
+        DType::U8,
+        DType::I8,
+        DType::U16,
+        DType::I16,
+        DType::U32,
+        DType::I32,
+        DType::U64,
+        DType::I64,
+        DType::F32,
+        DType::F64,
+    ];
+    const OPS: [ReduceOp; 4] = [ReduceOp::Sum, ReduceOp::Min, ReduceOp::Max, ReduceOp::Prod];
+    let (r, n) = (c.rank(), c.size());
+    let mut cases = 0;
+    for (li, &len) in lengths.iter().enumerate() {
+        let mut sums = Vec::new();
+        for (di, &dtype) in DTYPES.iter().enumerate() {
+            for (oi, &op) in OPS.iter().enumerate() {
+                let subset = matches!(
+                    (dtype, op),
+                    (DType::F32 | DType::F64, ReduceOp::Sum | ReduceOp::Prod)
+                        | (DType::U8, ReduceOp::Sum)
+                        | (DType::I32, ReduceOp::Max)
+                );
+                if len > 1 << 16 && !subset {
+                    continue;
+                }
+                let case = 1000 + (li * 64 + di * 4 + oi) as u64;
+                let mut mine = rank_order_inputs(dtype, r, len, case);
+                c.all_reduce_raw(&mut mine, dtype, op)?;
+                let mut want = rank_order_inputs(dtype, 0, len, case);
+                for src in 1..n {
+                    crate::reduce::reduce_into(
+                        &mut want,
+                        &rank_order_inputs(dtype, src, len, case),
+                        dtype,
+                        op,
+                    );
+                }
+                check(mine == want, || {
+                    let at = mine.iter().zip(&want).position(|(a, b)| a != b);
+                    format!(
+                        "all_reduce {dtype:?} {op:?} of {len} elements on {n} ranks differs \
+                         from the sequential rank-order reduction (first at byte {at:?})"
+                    )
+                })?;
+                sums.push(checksum(&mine));
+                cases += 1;
+            }
+        }
+        let all = c.all_gather_pod(&sums)?;
+        check(all.iter().all(|s| *s == sums), || {
+            format!("ranks got different bits for {len} elements")
+        })?;
+    }
+    Ok(cases)
+}
+
 fn split(c: &dyn Communicator, s: Sizes) -> Result<()> {
     let (r, n) = (c.rank(), c.size());
     // Even / odd, reversed order inside each color.

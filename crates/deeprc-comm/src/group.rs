@@ -4,9 +4,15 @@
 //! A [`Group`] is an ordered list of world ranks plus a context id that
 //! keeps its messages apart from every other group on the same transport, so
 //! `split` costs one all-gather and no new connections.
+//!
+//! All-reduce has one algorithm per kind of transport (see [`all_reduce`]):
+//! a shared-memory reduce when the ranks share an address space, a
+//! pipelined reduce-scatter + all-gather over messages otherwise.
+
+mod all_reduce;
 
 use crate::{
-    communicator::{check_elements, reduce_bytes},
+    communicator::check_elements,
     mailbox::{Key, Payload},
     pool::BufferPool,
     AnyBox, Backend, CommError, Communicator, DType, ReduceOp, Result, Tag,
@@ -26,11 +32,22 @@ pub(crate) trait Transport: Send + Sync + fmt::Debug {
     fn world_rank(&self) -> usize;
     fn world_size(&self) -> usize;
     fn supports_objects(&self) -> bool;
+    /// Whether the ranks share one address space, so that a rank may read
+    /// and write another rank's buffers (threads of one process).
+    fn shares_memory(&self) -> bool {
+        false
+    }
     /// Reusable buffers for collectives' temporaries.
     fn pool(&self) -> &Arc<BufferPool>;
     /// Queues `payload` for world rank `dst`; never waits for the receiver
     /// to call `recv` (it may wait for buffer space, bounded by the timeout).
     fn send(&self, op: &'static str, dst: usize, key: Key, payload: Payload) -> Result<()>;
+    /// [`Transport::send`] of borrowed bytes: a transport that writes them
+    /// out before returning (tcp) saves the copy into a [`Bytes`].
+    fn send_slice(&self, op: &'static str, dst: usize, key: Key, data: &[u8]) -> Result<()> {
+        let payload = Payload::Bytes(self.pool().copy(data));
+        self.send(op, dst, key, payload)
+    }
     /// The next message from world rank `src` with `key`.
     fn recv(&self, op: &'static str, src: usize, key: Key) -> Result<Payload>;
 }
@@ -46,6 +63,12 @@ enum Op {
     AllToAll = 5,
     Split = 6,
     Objects = 7,
+    /// Shared-memory all-reduce: the buffers' publication.
+    ReduceShare = 8,
+    /// Pipelined all-reduce: a rank's contribution to a segment.
+    ReduceScatter = 9,
+    /// Pipelined all-reduce: a reduced segment from its owner.
+    ReduceGather = 10,
 }
 
 fn internal(op: Op, round: u64) -> u64 {
@@ -59,6 +82,8 @@ pub(crate) struct Group {
     members: Arc<[usize]>,
     rank: usize,
     splits: AtomicU64,
+    /// All-reduce calls so far (checks that the ranks are in step).
+    reduces: AtomicU64,
 }
 
 impl fmt::Debug for Group {
@@ -100,6 +125,7 @@ impl Group {
             ctx: 0,
             members,
             splits: AtomicU64::new(0),
+            reduces: AtomicU64::new(0),
         }
     }
 
@@ -117,6 +143,11 @@ impl Group {
     fn send_p(&self, op: &'static str, dst: usize, tag: u64, p: Payload) -> Result<()> {
         let world = self.check_rank(dst)?;
         self.transport.send(op, world, self.key(tag), p)
+    }
+
+    fn send_slice_p(&self, op: &'static str, dst: usize, tag: u64, data: &[u8]) -> Result<()> {
+        let world = self.check_rank(dst)?;
+        self.transport.send_slice(op, world, self.key(tag), data)
     }
 
     fn recv_p(&self, op: &'static str, src: usize, tag: u64) -> Result<Payload> {
@@ -152,6 +183,28 @@ impl Group {
     fn peers(&self) -> impl Iterator<Item = usize> + '_ {
         let n = self.members.len();
         (1..n).map(move |d| (self.rank + d) % n)
+    }
+
+    /// A dissemination barrier (ceil(log2 n) rounds) whose errors name `op`.
+    /// When it returns, every rank has entered it: everything each rank did
+    /// before entering happens before everything every rank does after.
+    fn dissemination(&self, op: &'static str) -> Result<()> {
+        let n = self.members.len();
+        let mut dist = 1;
+        let mut round = 0;
+        while dist < n {
+            let tag = internal(Op::Barrier, round);
+            self.send_p(
+                op,
+                (self.rank + dist) % n,
+                tag,
+                Payload::Bytes(Bytes::new()),
+            )?;
+            self.recv_b(op, (self.rank + n - dist) % n, tag)?;
+            dist *= 2;
+            round += 1;
+        }
+        Ok(())
     }
 
     fn exchange(&self, op: &'static str, tag: u64, parts: Vec<Payload>) -> Result<Vec<Payload>> {
@@ -202,22 +255,7 @@ impl Communicator for Group {
 
     /// Dissemination barrier: ceil(log2 n) rounds.
     fn barrier(&self) -> Result<()> {
-        let n = self.members.len();
-        let mut dist = 1;
-        let mut round = 0;
-        while dist < n {
-            let tag = internal(Op::Barrier, round);
-            self.send_p(
-                "barrier",
-                (self.rank + dist) % n,
-                tag,
-                Payload::Bytes(Bytes::new()),
-            )?;
-            self.recv_b("barrier", (self.rank + n - dist) % n, tag)?;
-            dist *= 2;
-            round += 1;
-        }
-        Ok(())
+        self.dissemination("barrier")
     }
 
     /// Binomial tree rooted at `root`.
@@ -283,60 +321,19 @@ impl Communicator for Group {
             .collect()
     }
 
-    /// Reduce-scatter through an all-to-all of chunks, then an all-gather of
-    /// the reduced chunks: each rank sends and receives about 2(n-1)/n of the
-    /// buffer. Chunks are reduced in rank order, so all ranks get equal bits.
+    /// Every rank gets the same bits: each element is reduced in rank
+    /// order on one rank and copied to the others (see [`all_reduce`]).
     fn all_reduce_raw(&self, data: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
         check_elements("all_reduce", data, dtype)?;
-        let n = self.members.len();
-        if n == 1 {
+        if self.members.len() == 1 {
             return Ok(());
         }
-        let esize = dtype.size();
-        let elems = data.len() / esize;
-        let bound = |i: usize| elems * i / n * esize;
-        let pool = self.transport.pool();
-        let parts = (0..n)
-            .map(|j| pool.copy(&data[bound(j)..bound(j + 1)]))
-            .collect();
-        let got = self.all_to_all_v(parts)?;
-        let mine = bound(self.rank)..bound(self.rank + 1);
-        for (src, part) in got.iter().enumerate() {
-            if part.len() != mine.len() {
-                return Err(CommError::SizeMismatch {
-                    op: "all_reduce",
-                    peer: src,
-                    expected: mine.len(),
-                    actual: part.len(),
-                });
-            }
+        let seq = self.reduces.fetch_add(1, Ordering::Relaxed);
+        if self.transport.shares_memory() {
+            self.all_reduce_shared(seq, data, dtype, op)
+        } else {
+            self.all_reduce_pipelined(data, dtype, op)
         }
-        // Reduce in rank order into this rank's chunk of `data` (its own
-        // contribution is in `got[rank]`), so no scratch buffer is needed.
-        let acc = &mut data[mine.clone()];
-        acc.copy_from_slice(&got[0]);
-        for part in &got[1..] {
-            reduce_bytes(acc, part, dtype, op);
-        }
-        drop(got);
-        let reduced_chunk = pool.copy(acc);
-        let reduced = self.all_gather(reduced_chunk)?;
-        for (j, chunk) in reduced.iter().enumerate() {
-            let range = bound(j)..bound(j + 1);
-            if j == self.rank {
-                continue;
-            }
-            if chunk.len() != range.len() {
-                return Err(CommError::SizeMismatch {
-                    op: "all_reduce",
-                    peer: j,
-                    expected: range.len(),
-                    actual: chunk.len(),
-                });
-            }
-            data[range].copy_from_slice(chunk);
-        }
-        Ok(())
     }
 
     fn split(&self, color: Option<u32>, key: i64) -> Result<Option<Arc<dyn Communicator>>> {
@@ -377,6 +374,7 @@ impl Communicator for Group {
             members,
             rank,
             splits: AtomicU64::new(0),
+            reduces: AtomicU64::new(0),
         })))
     }
 

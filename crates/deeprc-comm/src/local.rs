@@ -5,6 +5,11 @@
 //! Creating a communicator of `n` ranks allocates `n` mailboxes and nothing
 //! else.
 //!
+//! All-reduce is a shared-memory reduce: each rank reduces its share of all
+//! the ranks' buffers in place, in rank order, and writes the result into
+//! every buffer, so each byte is read once and written once and no message
+//! carries data (see the group layer's `all_reduce` module).
+//!
 //! ```
 //! use deeprc_comm::{local, Communicator};
 //! use bytes::Bytes;
@@ -78,6 +83,10 @@ impl Transport for Endpoint {
     }
 
     fn supports_objects(&self) -> bool {
+        true
+    }
+
+    fn shares_memory(&self) -> bool {
         true
     }
 

@@ -31,7 +31,8 @@ impl BufferPool {
 
     /// An empty vector with capacity for at least `len` bytes.
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        let v = self.reuse(len);
+        let mut v = self.reuse(len);
+        v.clear();
         if v.capacity() >= len {
             v
         } else {
@@ -39,8 +40,9 @@ impl BufferPool {
         }
     }
 
-    /// An idle pooled buffer that fits `len` bytes, or an empty vector that
-    /// has allocated nothing (the caller reserves fallibly).
+    /// An idle pooled buffer that fits `len` bytes, with its old contents
+    /// (so that a reader can fill it without zeroing it first), or an empty
+    /// vector that has allocated nothing (the caller reserves fallibly).
     pub(crate) fn reuse(&self, len: usize) -> Vec<u8> {
         if len >= MIN_POOLED {
             let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
@@ -52,9 +54,7 @@ impl BufferPool {
                 .min_by_key(|(_, v)| v.capacity())
                 .map(|(i, _)| i);
             if let Some(i) = best {
-                let mut v = free.swap_remove(i);
-                v.clear();
-                return v;
+                return free.swap_remove(i);
             }
         }
         Vec::new()

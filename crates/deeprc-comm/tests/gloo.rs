@@ -8,7 +8,7 @@
 mod common;
 
 use deeprc_comm::{
-    conformance::{run_all, Sizes},
+    conformance::{all_reduce_rank_order, odd_lengths, run_all, Sizes},
     gloo::{GlooComm, GlooOptions, GlooStore, HashStore},
     tcp::StoreSpec,
     CommConfig, CommError, Communicator, CommunicatorExt, ReduceOp,
@@ -128,6 +128,22 @@ fn gloo_conformance_dir_store_1_2_3_4_7() {
 fn gloo_conformance_tcp_store_1_2_3_4_7() {
     let _w = Watchdog::new("tcp store conformance", Duration::from_secs(600));
     conformance(Kind::Tcp);
+}
+
+/// Gloo reduces floats in rank order too: the same contract as local and tcp.
+#[test]
+fn gloo_all_reduce_rank_order_1_2_3_4_7() {
+    let _w = Watchdog::new("rank-order all-reduce", Duration::from_secs(600));
+    for n in [1, 2, 3, 4, 7] {
+        let lengths = odd_lengths(n, false);
+        let out = gloo_in_threads(n, Kind::Hash, CommConfig::default(), |c| {
+            all_reduce_rank_order(&c, &lengths)
+        });
+        for (r, res) in out.into_iter().enumerate() {
+            let cases = res.unwrap_or_else(|e| panic!("rank {r} of {n}: {e}"));
+            assert_eq!(cases, 40 * lengths.len(), "rank {r} of {n}");
+        }
+    }
 }
 
 #[test]

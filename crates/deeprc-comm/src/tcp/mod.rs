@@ -17,6 +17,11 @@
 //!   at once ([`CommError::PeerLost`]); one that hangs fails it after the
 //!   timeout ([`CommError::Timeout`]).
 //!
+//! All-reduce is pipelined: every rank owns a part of the buffer, and 1 MiB
+//! segments of the parts flow to their owners, are reduced there in rank
+//! order and flow back while the next segments are on the wire; segments
+//! are written to the sockets straight from the caller's buffer.
+//!
 //! ```no_run
 //! // Started as N processes with DEEPRC_RANK, DEEPRC_WORLD_SIZE,
 //! // DEEPRC_STORE and DEEPRC_TOKEN set (e.g. by deeprc-pilot).
@@ -213,6 +218,39 @@ impl Drop for Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Writes one data frame to peer `dst` (not this rank).
+    fn write(&self, op: &'static str, dst: usize, key: Key, data: &[u8]) -> Result<()> {
+        if let Some(reason) = self.mailbox.lost_reason(dst) {
+            return Err(CommError::PeerLost {
+                op,
+                peer: dst,
+                reason,
+            });
+        }
+        let peer = self.peers[dst].as_ref().expect("mesh is complete");
+        let mut w = peer.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        wire::write_frame(&mut *w, Kind::Data, key.ctx, key.tag, data).map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                CommError::Timeout {
+                    op,
+                    peer: dst,
+                    after: self.config.timeout,
+                }
+            } else {
+                CommError::PeerLost {
+                    op,
+                    peer: dst,
+                    reason: format!("send failed: {e}"),
+                }
+            }
+        })
+    }
+}
+
 impl Transport for Endpoint {
     fn backend(&self) -> Backend {
         Backend::Tcp
@@ -240,33 +278,17 @@ impl Transport for Endpoint {
             self.mailbox.push(dst, key, Payload::Bytes(data));
             return Ok(());
         }
-        if let Some(reason) = self.mailbox.lost_reason(dst) {
-            return Err(CommError::PeerLost {
-                op,
-                peer: dst,
-                reason,
-            });
+        self.write(op, dst, key, &data)
+    }
+
+    /// Writes borrowed bytes to the socket: no copy into a [`Bytes`].
+    fn send_slice(&self, op: &'static str, dst: usize, key: Key, data: &[u8]) -> Result<()> {
+        if dst == self.rank {
+            let copy = self.pool.copy(data);
+            self.mailbox.push(dst, key, Payload::Bytes(copy));
+            return Ok(());
         }
-        let peer = self.peers[dst].as_ref().expect("mesh is complete");
-        let mut w = peer.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        wire::write_frame(&mut *w, Kind::Data, key.ctx, key.tag, &data).map_err(|e| {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                CommError::Timeout {
-                    op,
-                    peer: dst,
-                    after: self.config.timeout,
-                }
-            } else {
-                CommError::PeerLost {
-                    op,
-                    peer: dst,
-                    reason: format!("send failed: {e}"),
-                }
-            }
-        })
+        self.write(op, dst, key, data)
     }
 
     fn recv(&self, op: &'static str, src: usize, key: Key) -> Result<Payload> {

@@ -11,7 +11,7 @@
 //! allocated for the body.
 
 use crate::{CommError, Result};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 
 pub(crate) const MAGIC: [u8; 4] = *b"DRC1";
 pub(crate) const HEADER_LEN: usize = 29;
@@ -65,7 +65,8 @@ pub(crate) fn encode_header(h: &Header) -> [u8; HEADER_LEN] {
     b
 }
 
-/// Writes one frame. Small bodies go out with the header in one write.
+/// Writes one frame: header and body in one write (a vectored one for large
+/// bodies, which are not copied), so that the header never travels alone.
 pub(crate) fn write_frame(
     w: &mut impl Write,
     kind: Kind,
@@ -85,9 +86,26 @@ pub(crate) fn write_frame(
         buf.extend_from_slice(body);
         w.write_all(&buf)
     } else {
-        w.write_all(&header)?;
-        w.write_all(body)
+        write_all_vectored(w, &mut [IoSlice::new(&header), IoSlice::new(body)])
     }
+}
+
+/// `Write::write_all_vectored`, which is not stable yet.
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write the whole frame",
+                ))
+            }
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads a header and checks magic, kind and `len <= limit`.
@@ -138,34 +156,61 @@ pub(crate) fn read_header(r: &mut impl Read, limit: u64, from: &str) -> Result<O
     Ok(Some(h))
 }
 
-/// Reads a body of `len` bytes without zero-filling the buffer first.
+/// Reads a body of `len` bytes.
 pub(crate) fn read_body(r: &mut impl Read, len: u64, from: &str) -> Result<Vec<u8>> {
     read_body_into(r, len, from, Vec::new())
 }
 
-/// [`read_body`] into `v` (cleared first), reusing its capacity.
+/// Bytes of a fresh buffer made ready (zeroed) ahead of the data: a peer
+/// that announces a large frame and sends less never makes this rank commit
+/// much more memory than it sent.
+const FILL_AHEAD: usize = 4 << 20;
+
+/// [`read_body`] into `v`, reusing its capacity and its initialized bytes
+/// (a pooled buffer is not zeroed again). Reads go straight to the socket
+/// with as much room as the rest of the body: few large reads, not the
+/// doubling small reads of `read_to_end`.
 pub(crate) fn read_body_into(
     r: &mut impl Read,
     len: u64,
     from: &str,
     mut v: Vec<u8>,
 ) -> Result<Vec<u8>> {
-    v.clear();
-    v.try_reserve_exact(len as usize).map_err(|e| {
+    let too_large = |e: String| {
         CommError::io(
             format!("allocating {len} bytes for a frame from {from}"),
-            io::Error::new(io::ErrorKind::OutOfMemory, e.to_string()),
+            io::Error::new(io::ErrorKind::OutOfMemory, e),
         )
-    })?;
-    let got = r
-        .take(len)
-        .read_to_end(&mut v)
-        .map_err(|e| CommError::io(format!("reading a frame body from {from}"), e))?;
-    if got as u64 != len {
-        return Err(CommError::MalformedFrame {
-            from: from.to_string(),
-            reason: format!("connection closed after {got} of {len} body bytes"),
-        });
+    };
+    let len = usize::try_from(len).map_err(|e| too_large(e.to_string()))?;
+    if v.capacity() < len {
+        v.clear();
+        v.try_reserve_exact(len)
+            .map_err(|e| too_large(e.to_string()))?;
+    }
+    v.truncate(len);
+    let mut got = 0;
+    while got < len {
+        let ready = (got + FILL_AHEAD).min(len);
+        if v.len() < ready {
+            v.resize(ready, 0);
+        }
+        match r.read(&mut v[got..]) {
+            Ok(0) => {
+                return Err(CommError::MalformedFrame {
+                    from: from.to_string(),
+                    reason: format!("connection closed after {got} of {len} body bytes"),
+                })
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(CommError::io(
+                    format!("reading a frame body from {from}"),
+                    e,
+                ))
+            }
+        }
     }
     Ok(v)
 }
@@ -174,10 +219,47 @@ pub(crate) fn read_body_into(
 mod tests {
     use super::*;
 
+    /// A writer that takes at most 7000 bytes per call.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(7000);
+            self.0.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+            self.write(first)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[test]
     fn round_trip_and_limits() {
         let mut buf = Vec::new();
         write_frame(&mut buf, Kind::Data, 7, 9, b"hello").unwrap();
+        // A large body goes through the vectored path, even in pieces.
+        let big: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        let mut pieces = Trickle(Vec::new());
+        write_frame(&mut pieces, Kind::Data, 1, 2, &big).unwrap();
+        let mut r = &pieces.0[..];
+        let h = read_header(&mut r, 1 << 20, "t").unwrap().unwrap();
+        assert_eq!(read_body(&mut r, h.len, "t").unwrap(), big);
+        // Into a used buffer, longer or shorter than the body.
+        for old in [
+            vec![7u8; 200_000],
+            vec![7u8; 10],
+            Vec::with_capacity(150_000),
+        ] {
+            let mut r = &pieces.0[..];
+            let h = read_header(&mut r, 1 << 20, "t").unwrap().unwrap();
+            assert_eq!(read_body_into(&mut r, h.len, "t", old).unwrap(), big);
+        }
         let mut r = &buf[..];
         let h = read_header(&mut r, 100, "t").unwrap().unwrap();
         assert_eq!((h.kind, h.ctx, h.tag, h.len), (Kind::Data, 7, 9, 5));
