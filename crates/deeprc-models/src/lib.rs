@@ -64,6 +64,8 @@ pub mod vanilla_transformer;
 
 mod channel;
 mod registry;
+#[cfg(test)]
+mod testing;
 
 pub use channel::{ChannelIndependent, WindowScaling};
 pub use error::{ModelError, Result};

@@ -286,22 +286,8 @@ pub fn build(p: &nn::Path<'_>, cfg: &ForecastConfig) -> Result<Box<dyn Forecaste
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ModelSize;
-    use std::f64::consts::PI;
+    use crate::testing::{sine_windows as sines, small};
     use tch::{nn::OptimizerConfig, Device, Kind};
-
-    /// `n` noisy sines of period 12 with random phases: windows and targets.
-    fn sines(n: i64, l: i64, h: i64) -> (Tensor, Tensor) {
-        let opts = (Kind::Float, Device::Cpu);
-        let t = Tensor::arange(l + h, opts).unsqueeze(0);
-        let phase = Tensor::rand([n, 1], opts) * (2.0 * PI);
-        let s = (t * (2.0 * PI / 12.0) + phase).sin() + Tensor::randn([n, l + h], opts) * 0.1;
-        (s.narrow(1, 0, l), s.narrow(1, l, h))
-    }
-
-    fn small(l: i64, h: i64) -> ForecastConfig {
-        ForecastConfig::new(l, h).size(ModelSize::Small)
-    }
 
     fn count(vs: &nn::VarStore) -> usize {
         vs.trainable_variables().iter().map(|t| t.numel()).sum()

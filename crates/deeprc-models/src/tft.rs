@@ -432,7 +432,7 @@ pub fn build(p: &nn::Path<'_>, cfg: &ForecastConfig) -> Result<Box<dyn Forecaste
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::attention::testing::{assert_all_gradients, parameter_count, train_sine};
+    use crate::testing::{assert_all_gradients, parameter_count, train_sine};
     use crate::ModelSize;
     use tch::Device;
 
