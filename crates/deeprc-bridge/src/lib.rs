@@ -77,6 +77,7 @@ pub mod normalize;
 pub mod sampler;
 pub mod source;
 pub mod split;
+mod tf_export;
 
 #[cfg(feature = "tch")]
 pub mod tch;
