@@ -38,7 +38,8 @@ impl DistTable {
         } else {
             comm.all_gather(ipc::encode_schema(part.schema())?)?
                 .into_iter()
-                .map(ipc::decode_schema)
+                .enumerate()
+                .map(|(r, b)| ipc::decode_schema_from(b, "DistTable::new", r))
                 .collect::<Result<_>>()?
         };
         let base = &schemas[0];
@@ -98,7 +99,7 @@ impl DistTable {
             }
             _ => bytes::Bytes::new(),
         };
-        let schema = ipc::decode_schema(comm.broadcast(root, schema_bytes)?)?;
+        let schema = ipc::decode_schema_from(comm.broadcast(root, schema_bytes)?, "scatter", root)?;
         let part = match table {
             Some(t) if comm.rank() == root => t,
             _ => Table::empty(schema),

@@ -90,6 +90,19 @@ pub enum FrameError {
         /// What is not supported.
         what: String,
     },
+    /// Bytes received from another rank do not decode: a truncated,
+    /// corrupt or forged message. Never a panic.
+    #[error("{op}: malformed {what} from rank {rank}: {reason}")]
+    MalformedPeerData {
+        /// The operation that received the message.
+        op: &'static str,
+        /// The message (e.g. `"sort samples"`).
+        what: &'static str,
+        /// The rank that sent it.
+        rank: usize,
+        /// What was wrong, with the byte offset.
+        reason: String,
+    },
     /// A communicator operation failed.
     #[error(transparent)]
     Comm(#[from] CommError),

@@ -1,7 +1,8 @@
 //! Arrow IPC stream encoding: how process ranks exchange tables.
 //!
 //! Decoding is zero-copy: the received [`Bytes`] become the Arrow buffers of
-//! the decoded batches (Arrow copies only a misaligned buffer).
+//! the decoded batches (Arrow copies only a misaligned buffer). Received
+//! bytes are checked before they are decoded (see [`decode_batches`]).
 
 use crate::error::{Context, FrameError, Result};
 use crate::table::Table;
@@ -9,8 +10,11 @@ use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::buffer::Buffer;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::ipc::reader::StreamDecoder;
+use datafusion::arrow::ipc::root_as_message;
 use datafusion::arrow::ipc::writer::StreamWriter;
+use std::panic::AssertUnwindSafe;
 
 /// Encodes `batches` of `schema` as one Arrow IPC stream.
 pub fn encode_batches(schema: &Schema, batches: &[RecordBatch]) -> Result<Bytes> {
@@ -38,12 +42,92 @@ pub fn encode(table: &Table) -> Result<Bytes> {
 }
 
 /// Decodes one Arrow IPC stream into its schema and batches (zero-copy).
+///
+/// The bytes need not be trusted: the framing (message and body lengths,
+/// the buffers of every batch, the end-of-stream marker) is checked before
+/// Arrow decodes anything, so a truncated stream is an error rather than a
+/// shorter table, and a forged one an error rather than a panic.
+///
+/// ```
+/// use deeprc_frame::{ipc, Table};
+/// use deeprc_frame::arrow::array::{ArrayRef, Int64Array};
+/// use std::sync::Arc;
+/// let t = Table::from_columns(vec![("a", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef)]).unwrap();
+/// let bytes = ipc::encode(&t).unwrap();
+/// assert!(ipc::decode(bytes.clone()).unwrap().equals(&t).unwrap());
+/// assert!(ipc::decode(bytes.slice(..bytes.len() - 8)).is_err());
+/// ```
+///
+/// # Errors
+/// [`FrameError::Arrow`] naming what is malformed.
 pub fn decode_batches(bytes: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    decode_checked(bytes).map_err(|e| match e {
+        DecodeError::Arrow(source) => FrameError::Arrow {
+            context: "decoding an IPC stream".into(),
+            source,
+        },
+        DecodeError::Malformed(reason) => FrameError::Arrow {
+            context: "decoding an IPC stream".into(),
+            source: ArrowError::IpcError(reason),
+        },
+    })
+}
+
+/// [`decode_batches`] of a stream that `rank` sent to operation `op`:
+/// errors are [`FrameError::MalformedPeerData`] naming the rank.
+pub(crate) fn decode_batches_from(
+    bytes: Bytes,
+    op: &'static str,
+    rank: usize,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    decode_checked(bytes).map_err(|e| FrameError::MalformedPeerData {
+        op,
+        what: "IPC stream",
+        rank,
+        reason: match e {
+            DecodeError::Arrow(a) => a.to_string(),
+            DecodeError::Malformed(m) => m,
+        },
+    })
+}
+
+/// [`decode_schema`] of a schema that `rank` sent to operation `op`.
+pub(crate) fn decode_schema_from(bytes: Bytes, op: &'static str, rank: usize) -> Result<SchemaRef> {
+    Ok(decode_batches_from(bytes, op, rank)?.0)
+}
+
+enum DecodeError {
+    /// Arrow's decoder refused the stream.
+    Arrow(ArrowError),
+    /// The framing checks refused it (or Arrow's decoder panicked).
+    Malformed(String),
+}
+
+fn decode_checked(bytes: Bytes) -> std::result::Result<(SchemaRef, Vec<RecordBatch>), DecodeError> {
+    check_framing(&bytes).map_err(DecodeError::Malformed)?;
+    // The framing checks cover the panics known in Arrow's decoder (buffers
+    // outside their body); a forged message that is valid flatbuffer but not
+    // a valid schema can still make it panic (`fb_to_schema` unwraps), and
+    // Arrow cannot be changed from here: such a panic becomes an error. The
+    // decoder's state is local and dropped, so nothing is left half-done.
+    std::panic::catch_unwind(AssertUnwindSafe(|| decode_stream(bytes))).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(DecodeError::Malformed(format!(
+            "Arrow's IPC decoder failed on the message: {msg}"
+        )))
+    })
+}
+
+fn decode_stream(bytes: Bytes) -> std::result::Result<(SchemaRef, Vec<RecordBatch>), DecodeError> {
     let mut buf = Buffer::from(bytes);
     let mut dec = StreamDecoder::new();
     let mut out = Vec::new();
     while !buf.is_empty() {
-        match dec.decode(&mut buf).ctx("decoding an IPC stream")? {
+        match dec.decode(&mut buf).map_err(DecodeError::Arrow)? {
             Some(b) => out.push(b),
             None => {
                 if buf.is_empty() {
@@ -52,11 +136,93 @@ pub fn decode_batches(bytes: Bytes) -> Result<(SchemaRef, Vec<RecordBatch>)> {
             }
         }
     }
-    dec.finish().ctx("an IPC stream ended early")?;
+    dec.finish().map_err(DecodeError::Arrow)?;
     let schema = dec
         .schema()
-        .ok_or_else(|| FrameError::invalid("ipc::decode", "the stream has no schema"))?;
+        .ok_or_else(|| DecodeError::Malformed("the stream has no schema".into()))?;
     Ok((schema, out))
+}
+
+const CONTINUATION: u32 = 0xFFFF_FFFF;
+
+/// Walks the messages of a stream: `[0xFFFFFFFF] len:u32 metadata[len]
+/// body[bodyLength]`, then `[0xFFFFFFFF] 0`. Checks that every length fits
+/// in the bytes that are there, that the metadata is a valid flatbuffer
+/// `Message`, that every buffer of a batch lies inside its body and that the
+/// stream ends with the end-of-stream marker and nothing after it.
+fn check_framing(b: &[u8]) -> std::result::Result<(), String> {
+    let u32_at = |pos: usize| -> Option<u32> {
+        let s = b.get(pos..pos.checked_add(4)?)?;
+        Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let truncated = |pos: usize| {
+        format!(
+            "the stream of {} bytes ends at byte {pos} without its end-of-stream marker (truncated)",
+            b.len()
+        )
+    };
+    let mut pos = 0usize;
+    let mut messages = 0usize;
+    loop {
+        let at = pos;
+        let mut len = u32_at(pos).ok_or_else(|| truncated(pos))?;
+        pos += 4;
+        if len == CONTINUATION {
+            len = u32_at(pos).ok_or_else(|| truncated(pos))?;
+            pos += 4;
+        }
+        if len == 0 {
+            if pos != b.len() {
+                return Err(format!(
+                    "{} bytes follow the end-of-stream marker at byte {at}",
+                    b.len() - pos
+                ));
+            }
+            if messages == 0 {
+                return Err("the stream has no schema".into());
+            }
+            return Ok(());
+        }
+        let len = len as usize;
+        let left = b.len() - pos;
+        if len > left {
+            return Err(format!(
+                "message {messages} at byte {at} claims {len} bytes of metadata but {left} are left"
+            ));
+        }
+        let msg = root_as_message(&b[pos..pos + len])
+            .map_err(|e| format!("message {messages} at byte {at}: invalid metadata: {e}"))?;
+        pos += len;
+        let body = usize::try_from(msg.bodyLength()).map_err(|_| {
+            format!(
+                "message {messages} at byte {at}: negative body length {}",
+                msg.bodyLength()
+            )
+        })?;
+        let left = b.len() - pos;
+        if body > left {
+            return Err(format!(
+                "message {messages} at byte {at} claims a body of {body} bytes but {left} are left"
+            ));
+        }
+        let batch = msg
+            .header_as_record_batch()
+            .or_else(|| msg.header_as_dictionary_batch().and_then(|d| d.data()));
+        if let Some(buffers) = batch.and_then(|rb| rb.buffers()) {
+            for (i, buf) in buffers.iter().enumerate() {
+                let (o, l) = (buf.offset(), buf.length());
+                let inside = o >= 0 && l >= 0 && (o as u128 + l as u128) <= body as u128;
+                if !inside {
+                    return Err(format!(
+                        "message {messages} at byte {at}: buffer {i} (offset {o}, length {l}) \
+                         lies outside its body of {body} bytes"
+                    ));
+                }
+            }
+        }
+        pos += body;
+        messages += 1;
+    }
 }
 
 /// Decodes one Arrow IPC stream into a table.
@@ -73,4 +239,71 @@ pub fn encode_schema(schema: &Schema) -> Result<Bytes> {
 /// Decodes a schema sent by [`encode_schema`].
 pub fn decode_schema(bytes: Bytes) -> Result<SchemaRef> {
     Ok(decode_batches(bytes)?.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, StringArray};
+    use std::panic::catch_unwind;
+    use std::sync::Arc;
+
+    fn table() -> Table {
+        let k: Int64Array = (0..40).map(|i| (i % 7 != 0).then_some(i)).collect();
+        let s: StringArray = (0..40)
+            .map(|i| (i % 5 != 0).then(|| "x".repeat(i % 9)))
+            .collect();
+        let b: BooleanArray = (0..40).map(|i| Some(i % 3 == 0)).collect();
+        let t1 = Table::from_columns(vec![
+            ("k", Arc::new(k) as ArrayRef),
+            ("s", Arc::new(s) as ArrayRef),
+            ("b", Arc::new(b) as ArrayRef),
+        ])
+        .unwrap();
+        Table::concat(&[t1.slice(0, 25), t1.slice(25, 15)]).unwrap()
+    }
+
+    fn decode_no_panic(what: &str, bytes: Vec<u8>) -> Result<Table> {
+        catch_unwind(AssertUnwindSafe(|| decode(Bytes::from(bytes))))
+            .unwrap_or_else(|_| panic!("{what}: the IPC decoder panicked"))
+    }
+
+    #[test]
+    fn round_trip() {
+        let t = table();
+        assert!(decode(encode(&t).unwrap()).unwrap().equals(&t).unwrap());
+        let s = decode_schema(encode_schema(t.schema()).unwrap()).unwrap();
+        assert_eq!(s.as_ref(), t.schema().as_ref());
+    }
+
+    /// Every truncation of a stream is an error (not a shorter table), and
+    /// no forged byte makes the decoder panic.
+    #[test]
+    fn truncated_and_forged_streams_are_errors_not_panics() {
+        let t = table();
+        let good = encode(&t).unwrap().to_vec();
+        for cut in 0..good.len() {
+            let r = decode_no_panic(&format!("cut at {cut}"), good[..cut].to_vec());
+            assert!(
+                r.is_err(),
+                "a stream cut at {cut} of {} decoded",
+                good.len()
+            );
+        }
+        for i in 0..good.len() {
+            for x in [0xffu8, 0x80, 0x01] {
+                let mut b = good.clone();
+                b[i] ^= x;
+                let _ = decode_no_panic(&format!("byte {i} ^ {x:#x}"), b);
+            }
+        }
+        // Forged 32-bit lengths at every position.
+        for i in 0..good.len().saturating_sub(4) {
+            for v in [u32::MAX, 0x7fff_fff8, 1 << 20] {
+                let mut b = good.clone();
+                b[i..i + 4].copy_from_slice(&v.to_le_bytes());
+                let _ = decode_no_panic(&format!("u32 {v:#x} at {i}"), b);
+            }
+        }
+    }
 }

@@ -51,6 +51,7 @@ pub mod ipc;
 pub mod local;
 pub mod sql;
 pub mod table;
+mod wire;
 
 pub use context::FrameContext;
 pub use dist_table::DistTable;

@@ -43,7 +43,7 @@ pub fn all_gather(comm: &dyn Communicator, table: &Table) -> Result<Table> {
             if j == comm.rank() {
                 out.extend(mine.iter().cloned());
             } else {
-                out.extend(ipc::decode_batches(bytes)?.1);
+                out.extend(ipc::decode_batches_from(bytes, "all_gather", j)?.1);
             }
         }
         out
@@ -79,17 +79,40 @@ pub fn broadcast(comm: &dyn Communicator, table: &Table, root: usize) -> Result<
     if comm.rank() == root {
         return Ok(table.clone());
     }
-    let (_, batches) = ipc::decode_batches(got)?;
+    let (_, batches) = ipc::decode_batches_from(got, "broadcast", root)?;
     Table::try_new(Arc::clone(table.schema()), batches)
 }
 
 /// The number of rows of every rank.
+///
+/// # Errors
+/// [`FrameError::MalformedPeerData`] when a rank sends something other than
+/// one count, or counts whose total overflows `u64`; communication errors.
 pub fn row_counts(comm: &dyn Communicator, table: &Table) -> Result<Vec<u64>> {
-    Ok(comm
-        .all_gather_pod(&[table.num_rows() as u64])?
-        .into_iter()
-        .map(|v| v.first().copied().unwrap_or(0))
-        .collect())
+    decode_row_counts(comm.all_gather_pod(&[table.num_rows() as u64])?)
+}
+
+/// Checks the counts every rank sent: exactly one each, with a total that
+/// fits in `u64` (callers add them up).
+fn decode_row_counts(parts: Vec<Vec<u64>>) -> Result<Vec<u64>> {
+    let mut total = 0u64;
+    let mut out = Vec::with_capacity(parts.len());
+    for (rank, p) in parts.into_iter().enumerate() {
+        let malformed = |reason: String| FrameError::MalformedPeerData {
+            op: "row_counts",
+            what: "row count",
+            rank,
+            reason,
+        };
+        let [c] = p[..] else {
+            return Err(malformed(format!("{} values instead of one", p.len())));
+        };
+        total = total
+            .checked_add(c)
+            .ok_or_else(|| malformed(format!("{c} rows make the total overflow u64")))?;
+        out.push(c);
+    }
+    Ok(out)
 }
 
 /// Moves rows so that rank `r` holds `counts[r]` rows (an even split when
@@ -108,7 +131,8 @@ pub fn repartition(
     let total: u64 = have.iter().sum();
     let want: Vec<u64> = match counts {
         Some(c) => {
-            if c.len() != n || c.iter().sum::<u64>() != total {
+            let sum = c.iter().try_fold(0u64, |a, &x| a.checked_add(x));
+            if c.len() != n || sum != Some(total) {
                 return Err(FrameError::invalid(
                     "repartition",
                     format!(
@@ -166,4 +190,29 @@ pub fn slice(comm: &dyn Communicator, table: &Table, offset: u64, len: u64) -> R
 /// The global number of rows.
 pub fn num_rows(comm: &dyn Communicator, table: &Table) -> Result<u64> {
     Ok(comm.all_reduce_scalar(table.num_rows() as u64, deeprc_comm::ReduceOp::Sum)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_row_counts_are_typed_errors() {
+        assert_eq!(
+            decode_row_counts(vec![vec![3], vec![0], vec![5]]).unwrap(),
+            vec![3, 0, 5]
+        );
+        for (parts, bad_rank) in [
+            (vec![vec![3], vec![]], 1),
+            (vec![vec![3, 4], vec![1]], 0),
+            (vec![vec![1], vec![2], vec![u64::MAX]], 2),
+        ] {
+            match decode_row_counts(parts) {
+                Err(FrameError::MalformedPeerData { rank, what, .. }) => {
+                    assert_eq!((rank, what), (bad_rank, "row count"))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }

@@ -79,7 +79,7 @@ pub fn exchange(
         if j == me {
             out.append(&mut own);
         } else if !bytes.is_empty() {
-            out.extend(ipc::decode_batches(bytes)?.1);
+            out.extend(ipc::decode_batches_from(bytes, "exchange", j)?.1);
         }
     }
     out.retain(|b| b.num_rows() > 0);
@@ -257,7 +257,7 @@ pub(crate) fn exchange_keep(
         if j == me {
             out.push(std::mem::take(&mut own));
         } else {
-            let batches = ipc::decode_batches(bytes)?.1;
+            let batches = ipc::decode_batches_from(bytes, "exchange", j)?.1;
             out.push(
                 batches
                     .into_iter()

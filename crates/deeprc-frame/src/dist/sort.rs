@@ -21,6 +21,7 @@ use crate::local::sort::{
     check_keys, codes_supported, order_codes, sort as local_sort, OrderCodes, SortKey,
 };
 use crate::table::{column_index, Table};
+use crate::wire::{put_bytes, WireReader};
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -184,7 +185,7 @@ fn dest_by_rows(
 ) -> Result<Vec<Vec<u32>>> {
     let me = comm.rank();
     let total: usize = rows.iter().map(|r| r.num_rows()).sum();
-    // Samples travel as length-prefixed row bytes.
+    // Samples travel as length-prefixed row bytes (see `crate::wire`).
     let mut buf = Vec::new();
     let mut cum = 0;
     let mut bi = 0;
@@ -193,19 +194,9 @@ fn dest_by_rows(
             cum += rows[bi].num_rows();
             bi += 1;
         }
-        let r = rows[bi].row(p - cum);
-        buf.extend_from_slice(&(r.as_ref().len() as u32).to_le_bytes());
-        buf.extend_from_slice(r.as_ref());
+        put_bytes(&mut buf, "sort", rows[bi].row(p - cum).as_ref())?;
     }
-    let mut all: Vec<Vec<u8>> = Vec::new();
-    for part in comm.all_gather(Bytes::from(buf))? {
-        let mut s = &part[..];
-        while s.len() >= 4 {
-            let len = u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize;
-            all.push(s[4..4 + len].to_vec());
-            s = &s[4 + len..];
-        }
-    }
+    let all = decode_samples(comm.all_gather(Bytes::from(buf))?)?;
     let split = splitters(all, nb);
     let home = (me * nb / comm.size()) as u32;
     Ok(rows
@@ -225,4 +216,73 @@ fn dest_by_rows(
                 .collect()
         })
         .collect())
+}
+
+/// The row samples every rank sent (`parts[r]` from rank `r`): each a
+/// sequence of `u32`-length-prefixed rows, every length checked.
+fn decode_samples(parts: Vec<Bytes>) -> Result<Vec<Vec<u8>>> {
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    for (rank, part) in parts.iter().enumerate() {
+        let mut r = WireReader::new("sort", "sort samples", rank, part);
+        while !r.is_empty() {
+            all.push(r.bytes("a sample row")?.to_vec());
+        }
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_bytes(rows: &[&[u8]]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for r in rows {
+            buf.extend_from_slice(&(r.len() as u32).to_le_bytes());
+            buf.extend_from_slice(r);
+        }
+        buf
+    }
+
+    #[test]
+    fn samples_from_peers_decode() {
+        let a = sample_bytes(&[b"ab", b"", b"xyz"]);
+        let b = sample_bytes(&[b"q"]);
+        let got = decode_samples(vec![Bytes::from(a), Bytes::new(), Bytes::from(b)]).unwrap();
+        assert_eq!(
+            got,
+            vec![b"ab".to_vec(), vec![], b"xyz".to_vec(), b"q".to_vec()]
+        );
+    }
+
+    /// A truncated or forged sample message is a typed error naming the
+    /// sending rank, never a panic or a silently shorter sample.
+    #[test]
+    fn truncated_or_forged_samples_are_typed_errors() {
+        let good = sample_bytes(&[b"abc", b"de"]);
+        let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+        // Every truncation inside a sample (7 ends the first one).
+        for cut in (1..good.len()).filter(|&c| c != 7) {
+            cases.push((format!("cut at {cut}"), good[..cut].to_vec()));
+        }
+        // A length larger than what follows, and one that overflows.
+        let mut long = good.clone();
+        long[..4].copy_from_slice(&100u32.to_le_bytes());
+        cases.push(("length past the end".into(), long));
+        let mut huge = good.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        cases.push(("length u32::MAX".into(), huge));
+        for (what, bytes) in cases {
+            let parts = vec![Bytes::from(good.clone()), Bytes::from(bytes)];
+            let r = std::panic::catch_unwind(|| decode_samples(parts));
+            match r {
+                Ok(Err(FrameError::MalformedPeerData { rank, what: w, .. })) => {
+                    assert_eq!(rank, 1, "{what}");
+                    assert_eq!(w, "sort samples", "{what}");
+                }
+                Ok(other) => panic!("{what}: {other:?}"),
+                Err(_) => panic!("{what}: panicked"),
+            }
+        }
+    }
 }

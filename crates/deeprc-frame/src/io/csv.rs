@@ -312,7 +312,7 @@ impl DistTable {
                 } else {
                     bytes::Bytes::new()
                 };
-                ipc::decode_schema(comm.broadcast(0, mine)?)?
+                ipc::decode_schema_from(comm.broadcast(0, mine)?, "read_csv", 0)?
             }
         };
         let opts = options.clone().with_schema(Arc::clone(&schema));
