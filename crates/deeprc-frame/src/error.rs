@@ -90,6 +90,22 @@ pub enum FrameError {
         /// What is not supported.
         what: String,
     },
+    /// An operator would number more rows than its `u32` row ids can: a
+    /// partition, or a local join's output, past
+    /// [`MAX_ROWS`](crate::limits::MAX_ROWS). Checked before computing.
+    #[error(
+        "{op}: {rows} rows exceed the limit of {limit} rows per partition \
+         (row ids are 32-bit); spread the table over more ranks"
+    )]
+    TooManyRows {
+        /// The operation.
+        op: &'static str,
+        /// The rows it would have to number (`u64::MAX` when the count
+        /// itself overflows).
+        rows: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Bytes received from another rank do not decode: a truncated,
     /// corrupt or forged message. Never a panic.
     #[error("{op}: malformed {what} from rank {rank}: {reason}")]

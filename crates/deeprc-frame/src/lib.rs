@@ -48,6 +48,7 @@ pub mod dist_table;
 pub mod error;
 pub mod io;
 pub mod ipc;
+pub mod limits;
 pub mod local;
 pub mod sql;
 pub mod table;

@@ -10,9 +10,10 @@
 
 use crate::error::{Context, FrameError, Result};
 use crate::ipc;
+use crate::limits::max_rows;
 use crate::table::{column_index, Table};
 use bytes::Bytes;
-use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::hash_utils::create_hashes;
@@ -98,7 +99,9 @@ pub fn exchange(
 }
 
 /// Splits `batch` into `n` parts by `dest[i]` (the rank of row `i`) with one
-/// `take`: rows keep their relative order within each part.
+/// `take`: rows keep their relative order within each part. The `take`
+/// indices are `u32`, or `u64` for a batch past the row limit (any batch
+/// can be shuffled, and no rank fails alone before the exchange).
 pub(crate) fn split_by_dest(
     batch: &RecordBatch,
     dest: &[u32],
@@ -127,13 +130,24 @@ pub(crate) fn split_by_dest(
         counts[j + 1] += counts[j];
     }
     let mut fill = counts.clone();
-    let mut perm = vec![0u32; dest.len()];
-    for (i, &d) in dest.iter().enumerate() {
-        let f = &mut fill[d as usize];
-        perm[*f] = i as u32;
-        *f += 1;
+    let sorted = if dest.len() <= max_rows() {
+        let mut perm = vec![0u32; dest.len()];
+        for (i, &d) in dest.iter().enumerate() {
+            let f = &mut fill[d as usize];
+            perm[*f] = i as u32;
+            *f += 1;
+        }
+        take_record_batch(batch, &UInt32Array::from(perm))
+    } else {
+        let mut perm = vec![0u64; dest.len()];
+        for (i, &d) in dest.iter().enumerate() {
+            let f = &mut fill[d as usize];
+            perm[*f] = i as u64;
+            *f += 1;
+        }
+        take_record_batch(batch, &UInt64Array::from(perm))
     }
-    let sorted = take_record_batch(batch, &UInt32Array::from(perm)).ctx("partitioning rows")?;
+    .ctx("partitioning rows")?;
     Ok((0..n)
         .map(|j| sorted.slice(counts[j], counts[j + 1] - counts[j]))
         .collect())
@@ -348,4 +362,32 @@ pub(crate) fn hash_buckets(
             (rank * per_rank as u64 + sub) as u32
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::with_max_rows;
+    use datafusion::arrow::array::Int64Array;
+
+    /// A batch past the row limit is split with 64-bit indices, to the same
+    /// parts.
+    #[test]
+    fn split_by_dest_handles_batches_past_the_row_limit() {
+        let t = Table::from_columns(vec![(
+            "v",
+            Arc::new(Int64Array::from((0..10).collect::<Vec<i64>>())) as ArrayRef,
+        )])
+        .unwrap();
+        let b = t.to_batch().unwrap();
+        let dest: Vec<u32> = (0..10).map(|i| (i * 7 % 3) as u32).collect();
+        let narrow = split_by_dest(&b, &dest, 3).unwrap();
+        let wide = with_max_rows(4, || split_by_dest(&b, &dest, 3)).unwrap();
+        assert_eq!(narrow, wide);
+        let part0 = Table::from_batch(wide[0].clone());
+        assert_eq!(
+            part0.column_as::<i64>("v").unwrap(),
+            vec![Some(0), Some(3), Some(6), Some(9)]
+        );
+    }
 }

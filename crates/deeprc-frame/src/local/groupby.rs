@@ -9,6 +9,7 @@
 //! group-by (`partial_aggregate`, `merge_partials`).
 
 use crate::error::{Context, FrameError, Result};
+use crate::limits::check_rows;
 use crate::local::keys::{group_rows, Grouper, KeyEncoder};
 use crate::local::sort::{order_codes, SortKey};
 use crate::table::{column_index, Table};
@@ -186,7 +187,8 @@ pub(crate) fn check_group_by(schema: &Schema, keys: &[&str], aggs: &[Agg]) -> Re
 ///
 /// # Errors
 /// [`FrameError::ColumnNotFound`]; [`FrameError::Unsupported`] for a numeric
-/// aggregate of a non-numeric column.
+/// aggregate of a non-numeric column; [`FrameError::TooManyRows`] past
+/// [`MAX_ROWS`](crate::limits::MAX_ROWS) rows.
 pub fn group_by(table: &Table, keys: &[&str], aggs: &[Agg]) -> Result<Table> {
     check_group_by(table.schema(), keys, aggs)?;
     let g = Groups::of(&needed_columns(table, keys, aggs)?, keys)?;
@@ -230,6 +232,7 @@ impl Groups {
             .iter()
             .map(|k| column_index(&schema, k))
             .collect::<Result<Vec<_>>>()?;
+        check_rows("group_by", table.num_rows())?;
         let batches: Vec<RecordBatch> = table.non_empty_batches().cloned().collect();
         let mut offsets = vec![0];
         for b in &batches {

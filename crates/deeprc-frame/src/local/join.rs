@@ -15,6 +15,7 @@
 //! get nulls. Clashing column names get the suffixes.
 
 use crate::error::{Context, FrameError, Result};
+use crate::limits::{check_more_pairs, check_more_rows, check_rows};
 use crate::local::keys::{JoinIndex, KeyEncoder, KeyRows};
 use crate::table::{column_index, Table};
 use datafusion::arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, UInt32Array};
@@ -222,16 +223,21 @@ pub(crate) fn join_schema(left: &Schema, right: &Schema, o: &JoinOptions) -> Sch
 ///
 /// # Errors
 /// [`FrameError::ColumnNotFound`], [`FrameError::KeyTypeMismatch`],
-/// [`FrameError::InvalidArgument`] (no keys, unpaired keys).
+/// [`FrameError::InvalidArgument`] (no keys, unpaired keys);
+/// [`FrameError::TooManyRows`] when a side, or the output, has more than
+/// [`MAX_ROWS`](crate::limits::MAX_ROWS) rows (checked before the output
+/// grows past it).
 pub fn join(left: &Table, right: &Table, options: &JoinOptions) -> Result<Table> {
     let keys = check_join_keys(left.schema(), right.schema(), options)?;
+    check_rows("join", left.num_rows())?;
+    check_rows("join", right.num_rows())?;
     let schema = join_schema(left.schema(), right.schema(), options);
     let lb = left.to_batch()?;
     let rb = right.to_batch()?;
     let (lk, rk) = encode_both(&lb, &rb, &keys)?;
     let pairs = match options.algorithm {
-        JoinAlgorithm::Hash => hash_join_pairs(&lk, &rk, options.how),
-        JoinAlgorithm::SortMerge => merge_join_pairs(&lk, &rk, options.how),
+        JoinAlgorithm::Hash => hash_join_pairs(&lk, &rk, options.how)?,
+        JoinAlgorithm::SortMerge => merge_join_pairs(&lk, &rk, options.how)?,
     };
     let out = materialize(&lb, &rb, &pairs, options.how, &schema)?;
     Ok(Table::from_batch_with_schema(schema, out))
@@ -261,7 +267,10 @@ pub(crate) fn encode_both(
     Ok((enc.encode(&lcols)?, enc.encode(&rcols)?))
 }
 
-/// Row index pairs of a join; `NONE` stands for "no row" (nulls).
+/// Row index pairs of a join; `NONE` stands for "no row" (nulls). Both
+/// sides have at most `MAX_ROWS` rows, so `NONE` is never a row, and the
+/// pair generators stop with `TooManyRows` before the output passes the
+/// limit.
 pub(crate) struct Pairs {
     pub(crate) left: Vec<u32>,
     pub(crate) right: Vec<u32>,
@@ -269,7 +278,7 @@ pub(crate) struct Pairs {
 
 const NONE: u32 = u32::MAX;
 
-pub(crate) fn hash_join_pairs(lk: &KeyRows, rk: &KeyRows, how: JoinType) -> Pairs {
+pub(crate) fn hash_join_pairs(lk: &KeyRows, rk: &KeyRows, how: JoinType) -> Result<Pairs> {
     let index = JoinIndex::build(rk);
     let nl = lk.len();
     let mut left = Vec::with_capacity(nl);
@@ -295,10 +304,12 @@ pub(crate) fn hash_join_pairs(lk: &KeyRows, rk: &KeyRows, how: JoinType) -> Pair
             _ => {
                 if m.is_empty() {
                     if how.keeps_unmatched_left() {
+                        check_more_rows("join", left.len(), 1)?;
                         left.push(i as u32);
                         right.push(NONE);
                     }
                 } else {
+                    check_more_rows("join", left.len(), m.len())?;
                     for &j in m {
                         left.push(i as u32);
                         right.push(j);
@@ -313,6 +324,8 @@ pub(crate) fn hash_join_pairs(lk: &KeyRows, rk: &KeyRows, how: JoinType) -> Pair
         }
     }
     if how.keeps_unmatched_right() {
+        let unmatched = matched.iter().filter(|&&m| !m).count();
+        check_more_rows("join", left.len(), unmatched)?;
         for (j, &m) in matched.iter().enumerate() {
             if !m {
                 left.push(NONE);
@@ -320,7 +333,7 @@ pub(crate) fn hash_join_pairs(lk: &KeyRows, rk: &KeyRows, how: JoinType) -> Pair
             }
         }
     }
-    Pairs { left, right }
+    Ok(Pairs { left, right })
 }
 
 fn cmp_rows(a: &KeyRows, i: usize, b: &KeyRows, j: usize) -> Ordering {
@@ -341,34 +354,40 @@ fn sorted_rows(k: &KeyRows) -> (Vec<u32>, Vec<u32>) {
     (valid, nulls)
 }
 
-pub(crate) fn merge_join_pairs(lk: &KeyRows, rk: &KeyRows, how: JoinType) -> Pairs {
+pub(crate) fn merge_join_pairs(lk: &KeyRows, rk: &KeyRows, how: JoinType) -> Result<Pairs> {
     let (ls, lnull) = sorted_rows(lk);
     let (rs, rnull) = sorted_rows(rk);
     let mut left = Vec::new();
     let mut right = Vec::new();
     let (mut a, mut b) = (0, 0);
-    let emit_left_unmatched = |left: &mut Vec<u32>, right: &mut Vec<u32>, i: u32| match how {
-        JoinType::LeftAnti => left.push(i),
-        JoinType::Left | JoinType::FullOuter => {
-            left.push(i);
-            right.push(NONE);
+    let emit_left_unmatched = |left: &mut Vec<u32>, right: &mut Vec<u32>, i: u32| {
+        match how {
+            JoinType::LeftAnti => left.push(i),
+            JoinType::Left | JoinType::FullOuter => {
+                check_more_rows("join", left.len(), 1)?;
+                left.push(i);
+                right.push(NONE);
+            }
+            _ => {}
         }
-        _ => {}
+        Ok::<(), FrameError>(())
     };
     let emit_right_unmatched = |left: &mut Vec<u32>, right: &mut Vec<u32>, j: u32| {
         if how.keeps_unmatched_right() {
+            check_more_rows("join", left.len(), 1)?;
             left.push(NONE);
             right.push(j);
         }
+        Ok::<(), FrameError>(())
     };
     while a < ls.len() && b < rs.len() {
         match cmp_rows(lk, ls[a] as usize, rk, rs[b] as usize) {
             Ordering::Less => {
-                emit_left_unmatched(&mut left, &mut right, ls[a]);
+                emit_left_unmatched(&mut left, &mut right, ls[a])?;
                 a += 1;
             }
             Ordering::Greater => {
-                emit_right_unmatched(&mut left, &mut right, rs[b]);
+                emit_right_unmatched(&mut left, &mut right, rs[b])?;
                 b += 1;
             }
             Ordering::Equal => {
@@ -383,6 +402,9 @@ pub(crate) fn merge_join_pairs(lk: &KeyRows, rk: &KeyRows, how: JoinType) -> Pai
                     && cmp_rows(rk, rs[b] as usize, rk, rs[b_end] as usize) == Ordering::Equal
                 {
                     b_end += 1;
+                }
+                if !how.left_only() {
+                    check_more_pairs("join", left.len(), a_end - a, b_end - b)?;
                 }
                 for &i in &ls[a..a_end] {
                     match how {
@@ -402,12 +424,12 @@ pub(crate) fn merge_join_pairs(lk: &KeyRows, rk: &KeyRows, how: JoinType) -> Pai
         }
     }
     for &i in ls[a..].iter().chain(&lnull) {
-        emit_left_unmatched(&mut left, &mut right, i);
+        emit_left_unmatched(&mut left, &mut right, i)?;
     }
     for &j in rs[b..].iter().chain(&rnull) {
-        emit_right_unmatched(&mut left, &mut right, j);
+        emit_right_unmatched(&mut left, &mut right, j)?;
     }
-    Pairs { left, right }
+    Ok(Pairs { left, right })
 }
 
 /// An index array for `take`: `NONE` becomes null.

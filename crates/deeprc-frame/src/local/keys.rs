@@ -16,6 +16,10 @@
 //! group-by, unique and the set operations use the gids, the joins build a
 //! CSR index (gid -> build rows) and probe it. Skew costs nothing extra: all
 //! rows of one key share one slot.
+//!
+//! Row numbers and gids are `u32`, `u32::MAX` meaning "empty": the operators
+//! check that their inputs have at most [`crate::limits::MAX_ROWS`] rows
+//! before they build these tables.
 
 use crate::error::{Context, FrameError, Result};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};

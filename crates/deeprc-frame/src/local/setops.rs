@@ -2,6 +2,7 @@
 //! results have no duplicates, nulls equal each other) and table equality.
 
 use crate::error::{Context, Result};
+use crate::limits::{check_more_rows, check_rows};
 use crate::local::keys::{KeyEncoder, KeySet};
 use crate::local::unique::{unique, UniqueOptions};
 use crate::table::{check_same_columns, first_difference, Table};
@@ -14,9 +15,13 @@ use std::sync::Arc;
 /// Distinct rows that are in `a` or in `b`.
 ///
 /// # Errors
-/// [`crate::FrameError::IncompatibleSchemas`] when the columns differ.
+/// [`crate::FrameError::IncompatibleSchemas`] when the columns differ;
+/// [`crate::FrameError::TooManyRows`] when `a` and `b` together have more
+/// than [`MAX_ROWS`](crate::limits::MAX_ROWS) rows (as for the other set
+/// operations and each side).
 pub fn union(a: &Table, b: &Table) -> Result<Table> {
     check_same_columns("union", a.schema(), b.schema())?;
+    check_more_rows("union", a.num_rows(), b.num_rows())?;
     let both = crate::local::concat(&[a.clone(), b.clone()])?;
     unique(&both, &UniqueOptions::default())
 }
@@ -33,6 +38,8 @@ pub fn subtract(a: &Table, b: &Table) -> Result<Table> {
 
 fn membership(op: &'static str, a: &Table, b: &Table, keep_present: bool) -> Result<Table> {
     check_same_columns(op, a.schema(), b.schema())?;
+    check_rows(op, a.num_rows())?;
+    check_rows(op, b.num_rows())?;
     let a = unique(a, &UniqueOptions::default())?;
     if a.num_rows() == 0 {
         return Ok(a);

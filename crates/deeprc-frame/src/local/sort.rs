@@ -6,6 +6,7 @@
 //! sort is several times faster on large columns and is stable).
 
 use crate::error::{Context, FrameError, Result};
+use crate::limits::check_rows;
 use crate::local::keys::{is_int_like, to_i64};
 use crate::table::{column_index, Table};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
@@ -69,9 +70,12 @@ impl SortKey {
 /// `table` sorted by `keys` (the first key first).
 ///
 /// # Errors
-/// [`FrameError::InvalidArgument`] for no key; [`FrameError::ColumnNotFound`].
+/// [`FrameError::InvalidArgument`] for no key; [`FrameError::ColumnNotFound`];
+/// [`FrameError::TooManyRows`] past [`MAX_ROWS`](crate::limits::MAX_ROWS)
+/// rows.
 pub fn sort(table: &Table, keys: &[SortKey]) -> Result<Table> {
     check_keys(table, keys)?;
+    check_rows("sort", table.num_rows())?;
     if table.num_rows() <= 1 {
         return Ok(table.clone());
     }

@@ -1,6 +1,7 @@
 //! Unique rows (drop duplicates), on all columns or a subset.
 
 use crate::error::{Context, Result};
+use crate::limits::check_rows;
 use crate::local::keys::{group_rows, KeyEncoder};
 use crate::table::{column_index, Table};
 use datafusion::arrow::array::{ArrayRef, UInt32Array};
@@ -59,9 +60,12 @@ pub(crate) fn subset_indices(table: &Table, options: &UniqueOptions) -> Result<V
 /// each other), in order of the kept occurrences.
 ///
 /// # Errors
-/// [`crate::FrameError::ColumnNotFound`] for a subset column that is not in the table.
+/// [`crate::FrameError::ColumnNotFound`] for a subset column that is not in
+/// the table; [`crate::FrameError::TooManyRows`] past
+/// [`MAX_ROWS`](crate::limits::MAX_ROWS) rows.
 pub fn unique(table: &Table, options: &UniqueOptions) -> Result<Table> {
     let idx = subset_indices(table, options)?;
+    check_rows("unique", table.num_rows())?;
     if table.num_rows() == 0 || idx.is_empty() {
         return Ok(if idx.is_empty() {
             table.head(1)
