@@ -1,6 +1,6 @@
 //! [`DistTable`]: this rank's partition plus its communicator.
 
-use crate::dist;
+use crate::dist::{self, DistOptions};
 use crate::error::{FrameError, Result};
 use crate::ipc;
 use crate::local::{Agg, JoinOptions, SortKey, UniqueOptions};
@@ -18,10 +18,14 @@ use std::sync::Arc;
 /// Every method is a collective: all ranks call it in the same order. The
 /// partitions always share one schema (checked by [`DistTable::new`]), so an
 /// error about a column or a type happens on every rank alike.
+///
+/// A table carries the [`DistOptions`] of the operators that use them (set
+/// with [`DistTable::with_options`]); tables computed from it inherit them.
 #[derive(Debug, Clone)]
 pub struct DistTable {
     part: Table,
     comm: Arc<dyn Communicator>,
+    options: DistOptions,
 }
 
 impl DistTable {
@@ -74,7 +78,43 @@ impl DistTable {
         } else {
             Table::try_new(unified, part.into_batches())?
         };
-        Ok(Self { part, comm })
+        Ok(Self {
+            part,
+            comm,
+            options: DistOptions::default(),
+        })
+    }
+
+    /// This table with the operators' tuning knobs `options` (every rank
+    /// must set the same; the operators that use them check). Results of
+    /// operations on the table inherit them.
+    ///
+    /// ```
+    /// use deeprc_frame::dist::DistOptions;
+    /// use deeprc_frame::{DistTable, JoinOptions, Table};
+    /// use deeprc_frame::arrow::array::{ArrayRef, Int64Array};
+    /// use std::sync::Arc;
+    ///
+    /// let rows = deeprc_comm::local::launch(2, |comm| {
+    ///     let part = Table::from_columns(vec![
+    ///         ("k", Arc::new(Int64Array::from((0..100).collect::<Vec<i64>>())) as ArrayRef),
+    ///     ])?;
+    ///     let t = DistTable::new(part, Arc::new(comm))?
+    ///         .with_options(DistOptions::default().bucket_rows(16));
+    ///     t.join(&t, &JoinOptions::on(&["k"]))?.num_rows()
+    /// })
+    /// .unwrap();
+    /// assert_eq!(rows, vec![400, 400]);
+    /// ```
+    #[must_use]
+    pub fn with_options(mut self, options: DistOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The operators' tuning knobs.
+    pub fn options(&self) -> &DistOptions {
+        &self.options
     }
 
     /// Wraps an operator's result (its schema is the same on every rank by
@@ -83,6 +123,7 @@ impl DistTable {
         DistTable {
             part,
             comm: Arc::clone(&self.comm),
+            options: self.options,
         }
     }
 
@@ -107,6 +148,7 @@ impl DistTable {
         let d = DistTable {
             part,
             comm: Arc::clone(&comm),
+            options: DistOptions::default(),
         };
         d.repartition(None)
     }
@@ -196,7 +238,7 @@ impl DistTable {
     /// Applies a local function to every partition (it must produce the
     /// same schema on every rank; checked).
     pub fn map_partitions(&self, f: impl FnOnce(&Table) -> Result<Table>) -> Result<DistTable> {
-        DistTable::new(f(&self.part)?, Arc::clone(&self.comm))
+        Ok(DistTable::new(f(&self.part)?, Arc::clone(&self.comm))?.with_options(self.options))
     }
 
     // ---- data movement ----
@@ -229,20 +271,27 @@ impl DistTable {
 
     // ---- distributed operators ----
 
-    /// Distributed join (shuffle both sides, join locally).
+    /// Distributed join (shuffle both sides, join locally), bucketed as
+    /// this table's [`DistOptions`] say.
     pub fn join(&self, right: &DistTable, options: &JoinOptions) -> Result<DistTable> {
-        Ok(self.wrap(dist::join(
+        Ok(self.wrap(dist::join_with(
             self.comm.as_ref(),
             &self.part,
             &right.part,
             options,
+            &self.options,
         )?))
     }
 
     /// Distributed sample sort: partitions sorted, rank `r`'s keys `<=` rank
-    /// `r + 1`'s.
+    /// `r + 1`'s; bucketed as this table's [`DistOptions`] say.
     pub fn sort(&self, keys: &[SortKey]) -> Result<DistTable> {
-        Ok(self.wrap(dist::sort(self.comm.as_ref(), &self.part, keys)?))
+        Ok(self.wrap(dist::sort_with(
+            self.comm.as_ref(),
+            &self.part,
+            keys,
+            &self.options,
+        )?))
     }
 
     /// Distributed group-by.

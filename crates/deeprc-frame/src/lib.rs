@@ -55,6 +55,7 @@ pub mod table;
 mod wire;
 
 pub use context::FrameContext;
+pub use dist::DistOptions;
 pub use dist_table::DistTable;
 pub use error::{FrameError, Result};
 pub use local::{Agg, AggFunc, JoinAlgorithm, JoinOptions, JoinType, Keep, SortKey, UniqueOptions};
@@ -71,8 +72,8 @@ pub use datafusion::parquet;
 /// expression builders.
 pub mod prelude {
     pub use crate::{
-        Agg, AggFunc, DistTable, FrameContext, FrameError, JoinAlgorithm, JoinOptions, JoinType,
-        Keep, SortKey, Table, UniqueOptions,
+        Agg, AggFunc, DistOptions, DistTable, FrameContext, FrameError, JoinAlgorithm, JoinOptions,
+        JoinType, Keep, SortKey, Table, UniqueOptions,
     };
     pub use datafusion::prelude::{col, lit, Expr};
 }

@@ -25,8 +25,8 @@
 //! DataFusion's physical planner (no second optimization pass).
 
 use crate::context::FrameContext;
-use crate::dist;
 use crate::dist::shuffle::{exchange, hash_dest_arrays, send_all_to, split_by_dest};
+use crate::dist::{self, DistOptions};
 use crate::dist_table::DistTable;
 use crate::error::{Context, FrameError, Result};
 use crate::local::SortKey;
@@ -50,7 +50,7 @@ impl DistTable {
         ctx.register(name, self.partition())?;
         let out = ctx.sql(query);
         ctx.deregister(name)?;
-        DistTable::new(out?, Arc::clone(self.comm()))
+        Ok(DistTable::new(out?, Arc::clone(self.comm()))?.with_options(*self.options()))
     }
 
     /// Runs `query` over the whole distributed table, registered as `name`
@@ -62,7 +62,8 @@ impl DistTable {
 
 /// Runs `query` over distributed tables as a whole: every rank calls it
 /// with its own `ctx` and the same tables and query; the result is
-/// distributed. See the module documentation for how each plan node runs.
+/// distributed, with the first table's [`DistOptions`]. See the module
+/// documentation for how each plan node runs.
 ///
 /// # Errors
 /// DataFusion's planning errors (unknown table or column, ...), the same
@@ -85,6 +86,7 @@ pub fn sql(ctx: &FrameContext, tables: &[(&str, &DistTable)], query: &str) -> Re
         let ex = Executor {
             ctx,
             comm: comm.as_ref(),
+            options: *first.options(),
             counter: Cell::new(0),
         };
         ex.exec(&plan)
@@ -92,12 +94,14 @@ pub fn sql(ctx: &FrameContext, tables: &[(&str, &DistTable)], query: &str) -> Re
     for (name, _) in tables {
         ctx.deregister(name)?;
     }
-    DistTable::new(result?, comm)
+    Ok(DistTable::new(result?, comm)?.with_options(*first.options()))
 }
 
 struct Executor<'a> {
     ctx: &'a FrameContext,
     comm: &'a dyn Communicator,
+    /// The first table's tuning knobs (for the sample sort).
+    options: DistOptions,
     counter: Cell<usize>,
 }
 
@@ -355,7 +359,7 @@ impl Executor<'_> {
         let wide_schema = Arc::new(Schema::new(fields));
         let wide =
             RecordBatch::try_new(Arc::clone(&wide_schema), all).ctx("adding sort columns")?;
-        let sorted = dist::sort(self.comm, &Table::from_batch(wide), &keys)?;
+        let sorted = dist::sort_with(self.comm, &Table::from_batch(wide), &keys, &self.options)?;
         let keep: Vec<usize> = (0..width).collect();
         let batches = sorted
             .batches()

@@ -6,11 +6,12 @@
 //! partitioning pass the shuffle makes anyway replaces random memory
 //! accesses in the join.
 
-use crate::dist::shuffle::{bucket_exchange, buckets_per_rank, hash_buckets};
+use crate::dist::shuffle::{agree_buckets, bucket_exchange, hash_buckets};
+use crate::dist::DistOptions;
 use crate::error::Result;
 use crate::local::join::{check_join_keys, join as local_join, join_schema, JoinOptions};
 use crate::table::Table;
-use deeprc_comm::{Communicator, CommunicatorExt, ReduceOp};
+use deeprc_comm::Communicator;
 use std::sync::Arc;
 
 /// Joins the distributed tables whose partitions are `left` and `right`
@@ -27,15 +28,26 @@ pub fn join(
     right: &Table,
     options: &JoinOptions,
 ) -> Result<Table> {
+    join_with(comm, left, right, options, &DistOptions::default())
+}
+
+/// [`join()`] with the tuning knobs `dist` (the bucket size), which every
+/// rank must pass alike.
+///
+/// # Errors
+/// As [`join()`]; [`crate::FrameError::InvalidArgument`] on every rank when
+/// the ranks pass different `dist`.
+pub fn join_with(
+    comm: &dyn Communicator,
+    left: &Table,
+    right: &Table,
+    options: &JoinOptions,
+    dist: &DistOptions,
+) -> Result<Table> {
     let keys = check_join_keys(left.schema(), right.schema(), options)?;
     let n = comm.size();
-    let most = left.num_rows().max(right.num_rows()) as u64;
-    let most = if n == 1 {
-        most
-    } else {
-        comm.all_reduce_scalar(most, ReduceOp::Max)?
-    };
-    let per_rank = buckets_per_rank(most);
+    let most = left.num_rows().max(right.num_rows());
+    let per_rank = agree_buckets(comm, "join", most, dist)?;
     if n == 1 && per_rank == 1 {
         return local_join(left, right, options);
     }

@@ -8,6 +8,7 @@
 //!              process ranks: Arrow IPC streams through all_to_all_v (zero-copy decode)
 //! ```
 
+use crate::dist::DistOptions;
 use crate::error::{Context, FrameError, Result};
 use crate::ipc;
 use crate::limits::max_rows;
@@ -17,7 +18,7 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::hash_utils::create_hashes;
-use deeprc_comm::{AnyBox, Communicator};
+use deeprc_comm::{AnyBox, Communicator, CommunicatorExt};
 use std::sync::Arc;
 
 /// The hasher of the shuffle: fixed seeds, so that every rank (thread or
@@ -213,22 +214,65 @@ pub(crate) fn send_all_to(comm: &dyn Communicator, table: &Table, dest: usize) -
 
 // ---- bucketed exchange: cache-sized pieces for join and sort ----
 
-static BUCKET_ROWS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1 << 16);
-
-/// Sets the target number of rows of one bucket of the bucketed join and
-/// sort (default 65536: a bucket's hash table and columns stay in cache).
-/// A tuning knob: results do not depend on it.
-pub fn set_bucket_rows(rows: usize) {
-    BUCKET_ROWS.store(rows.max(1), std::sync::atomic::Ordering::Relaxed);
-}
-
 /// Buckets per rank for a partition of at most `max_rows` rows on any rank
-/// (the same on every rank: callers pass a globally reduced value).
-pub(crate) fn buckets_per_rank(max_rows: u64) -> usize {
-    let target = BUCKET_ROWS.load(std::sync::atomic::Ordering::Relaxed) as u64;
-    (max_rows.div_ceil(target) as usize)
+/// and buckets of about `bucket_rows` rows (the same on every rank: callers
+/// pass agreed values, see [`agree_buckets`]).
+pub(crate) fn buckets_per_rank(max_rows: u64, bucket_rows: usize) -> usize {
+    let target = bucket_rows.max(1) as u64;
+    (max_rows.div_ceil(target).min(1024) as usize)
         .next_power_of_two()
         .clamp(1, 1024)
+}
+
+/// The buckets per rank of a bucketed operator `op` over partitions of
+/// `rows` rows (collective): every rank sends its row count and its
+/// [`DistOptions::bucket_rows`] in one all-gather, so all ranks compute the
+/// same number from the largest partition, or all fail when their options
+/// differ (a bucket count that differed between ranks would send rows to
+/// the wrong ranks).
+///
+/// # Errors
+/// [`FrameError::InvalidArgument`] on every rank when the ranks' options
+/// disagree; [`FrameError::MalformedPeerData`]; communication errors.
+pub(crate) fn agree_buckets(
+    comm: &dyn Communicator,
+    op: &'static str,
+    rows: usize,
+    options: &DistOptions,
+) -> Result<usize> {
+    if comm.size() == 1 {
+        return Ok(buckets_per_rank(rows as u64, options.bucket_rows));
+    }
+    let all = comm.all_gather_pod(&[rows as u64, options.bucket_rows as u64])?;
+    let mut most = 0u64;
+    let mut wanted = Vec::with_capacity(all.len());
+    for (rank, v) in all.iter().enumerate() {
+        let [r, b] = v[..] else {
+            return Err(FrameError::MalformedPeerData {
+                op,
+                what: "bucket plan",
+                rank,
+                reason: format!("{} values instead of 2", v.len()),
+            });
+        };
+        most = most.max(r);
+        wanted.push(b);
+    }
+    if wanted.iter().any(|&b| b != wanted[0]) {
+        return Err(FrameError::invalid(
+            op,
+            format!(
+                "the ranks disagree on DistOptions::bucket_rows ({}): every rank must use the same options",
+                wanted
+                    .iter()
+                    .enumerate()
+                    .map(|(r, b)| format!("rank {r}: {b}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    Ok(buckets_per_rank(most, options.bucket_rows))
 }
 
 /// Like [`exchange`] but keeps every batch sent, empty ones included, in

@@ -15,7 +15,8 @@
 //! locally), nulls going to the first or the last bucket; other keys use the
 //! Arrow row format, whose bytes compare in sort order.
 
-use crate::dist::shuffle::{bucket_exchange, buckets_per_rank};
+use crate::dist::shuffle::{agree_buckets, bucket_exchange};
+use crate::dist::DistOptions;
 use crate::error::{Context, FrameError, Result};
 use crate::local::sort::{
     check_keys, codes_supported, order_codes, sort as local_sort, OrderCodes, SortKey,
@@ -25,7 +26,7 @@ use crate::wire::{put_bytes, WireReader};
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
-use deeprc_comm::{Communicator, CommunicatorExt, ReduceOp};
+use deeprc_comm::{Communicator, CommunicatorExt};
 use std::sync::Arc;
 
 /// Sorts the distributed table by `keys` across all ranks.
@@ -33,15 +34,24 @@ use std::sync::Arc;
 /// # Errors
 /// As [`crate::local::sort()`], on every rank alike; communication errors.
 pub fn sort(comm: &dyn Communicator, table: &Table, keys: &[SortKey]) -> Result<Table> {
+    sort_with(comm, table, keys, &DistOptions::default())
+}
+
+/// [`sort()`] with the tuning knobs `dist` (the bucket size), which every
+/// rank must pass alike.
+///
+/// # Errors
+/// As [`sort()`]; [`FrameError::InvalidArgument`] on every rank when the
+/// ranks pass different `dist`.
+pub fn sort_with(
+    comm: &dyn Communicator,
+    table: &Table,
+    keys: &[SortKey],
+    dist: &DistOptions,
+) -> Result<Table> {
     check_keys(table, keys)?;
     let n = comm.size();
-    let most = table.num_rows() as u64;
-    let most = if n == 1 {
-        most
-    } else {
-        comm.all_reduce_scalar(most, ReduceOp::Max)?
-    };
-    let per_rank = buckets_per_rank(most);
+    let per_rank = agree_buckets(comm, "sort", table.num_rows(), dist)?;
     if n == 1 && per_rank == 1 {
         return local_sort(table, keys);
     }

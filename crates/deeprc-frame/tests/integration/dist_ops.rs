@@ -52,10 +52,19 @@ fn on_root(d: &DistTable) -> Result<Option<Table>, FrameError> {
 /// the results on rank 0 against the local operators on the whole tables.
 /// Returns the number of checks.
 pub(crate) fn battery(comm: Arc<dyn Communicator>, c: &Case) -> Result<usize, FrameError> {
+    battery_with(comm, c, DistOptions::default())
+}
+
+/// [`battery`] on tables with the tuning knobs `options`.
+pub(crate) fn battery_with(
+    comm: Arc<dyn Communicator>,
+    c: &Case,
+    options: DistOptions,
+) -> Result<usize, FrameError> {
     let r = comm.rank();
     let n = comm.size();
-    let a = DistTable::new(c.a_parts[r].clone(), Arc::clone(&comm))?;
-    let b = DistTable::new(c.b_parts[r].clone(), Arc::clone(&comm))?;
+    let a = DistTable::new(c.a_parts[r].clone(), Arc::clone(&comm))?.with_options(options);
+    let b = DistTable::new(c.b_parts[r].clone(), Arc::clone(&comm))?.with_options(options);
     let checks = std::cell::Cell::new(0usize);
     let check = |what: &str, got: Option<Table>, want: &dyn Fn() -> Table| {
         if let Some(got) = got {
@@ -328,11 +337,13 @@ fn scatter_from_root_spreads_evenly_in_order() {
 #[test]
 fn bucketed_join_and_sort_with_small_buckets() {
     // Buckets of 16 rows: join and sort run bucket by bucket even on 1 rank.
-    deeprc_frame::dist::shuffle::set_bucket_rows(16);
+    // The option travels with the tables, so this test shares nothing with
+    // the others running beside it.
+    let small = DistOptions::default().bucket_rows(16);
     for n in [1, 2, 3] {
         for seed in 0..3 {
             let c = case(seed + 20, n);
-            for (r, res) in on_threads_comm(n, |comm| battery(comm, &c))
+            for (r, res) in on_threads_comm(n, |comm| battery_with(comm, &c, small))
                 .into_iter()
                 .enumerate()
             {
@@ -342,12 +353,11 @@ fn bucketed_join_and_sort_with_small_buckets() {
     }
     for n in [2, 3] {
         let c = case(30 + n as u64, n);
-        for (r, res) in on_tcp_threads(n, |comm| battery(comm, &c))
+        for (r, res) in on_tcp_threads(n, |comm| battery_with(comm, &c, small))
             .into_iter()
             .enumerate()
         {
             res.unwrap_or_else(|e| panic!("tcp, {n} ranks, rank {r}: {e}"));
         }
     }
-    deeprc_frame::dist::shuffle::set_bucket_rows(1 << 16);
 }
