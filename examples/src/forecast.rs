@@ -85,6 +85,10 @@ pub struct ForecastOptions {
     pub batch_size: usize,
     /// Adam's learning rate.
     pub lr: f64,
+    /// The learning rate is multiplied by this at the start of every epoch
+    /// after the first (1: constant; LTSF-Linear's DLinear and NLinear
+    /// halve it every epoch, their `lradj = type1`).
+    pub lr_epoch_decay: f64,
     /// At most this many optimizer steps.
     pub max_steps: u64,
     /// Validate every this many steps.
@@ -121,6 +125,7 @@ impl ForecastOptions {
             size: ModelSize::Paper,
             batch_size: 32,
             lr: 1e-3,
+            lr_epoch_decay: 1.0,
             max_steps: 1000,
             val_every: 100,
             patience: 5,
@@ -382,6 +387,10 @@ pub fn train_forecaster(
     let (mut loss_sum, mut loss_n) = (0.0f64, 0u64);
     let mut epoch = 0u64;
     'train: while trainer.steps() < opts.max_steps {
+        let decay = opts
+            .lr_epoch_decay
+            .powi(i32::try_from(epoch).unwrap_or(i32::MAX));
+        trainer.optimizer_mut().set_lr(opts.lr * decay);
         for b in train.epoch(epoch) {
             let b = b?.to_tch(deeprc_core::Device::Cpu)?;
             let loss = model.loss(b.inputs(), b.targets())?;

@@ -106,7 +106,7 @@ impl HydroLstmConfig {
     /// [`paper`](Self::paper) or [`small`](Self::small).
     pub fn from_size(size: ModelSize) -> Self {
         match size {
-            ModelSize::Paper => Self::paper(),
+            ModelSize::Paper | ModelSize::Etth1 => Self::paper(),
             ModelSize::Small => Self::small(),
         }
     }

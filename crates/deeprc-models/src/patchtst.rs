@@ -121,9 +121,16 @@ pub struct PatchTSTConfig {
 
 impl PatchTSTConfig {
     /// The paper's default model for [`crate::ModelSize::Paper`], a narrow
-    /// two-layer variant for [`crate::ModelSize::Small`]; the dropout of
-    /// `cfg` if set. The patch length is clipped to `L + stride`.
+    /// two-layer variant for [`crate::ModelSize::Small`], the paper's ETTh1
+    /// script for [`crate::ModelSize::Etth1`] ([`etth1`](Self::etth1)); the
+    /// dropout of `cfg` if set. The patch length is clipped to `L + stride`.
     pub fn from_forecast(cfg: &ForecastConfig) -> Self {
+        if cfg.size == crate::ModelSize::Etth1 {
+            return Self {
+                dropout: cfg.dropout_or(0.3),
+                ..Self::etth1(cfg.input_size, cfg.horizon)
+            };
+        }
         let (encoder_layers, hidden_size, n_heads, linear_hidden_size) = if cfg.is_small() {
             (2, 16, 4, 32)
         } else {
@@ -653,5 +660,18 @@ mod tests {
             "{NAME} etth1 L=336 H=96: {} parameters",
             parameter_count(&vs)
         );
+    }
+
+    #[test]
+    fn the_etth1_size_is_the_papers_reduced_model() {
+        let cfg = ForecastConfig::new(512, 96).size(ModelSize::Etth1);
+        assert_eq!(
+            PatchTSTConfig::from_forecast(&cfg),
+            PatchTSTConfig::etth1(512, 96)
+        );
+        let paper = PatchTSTConfig::from_forecast(&ForecastConfig::new(512, 96));
+        assert_eq!((paper.hidden_size, paper.n_heads), (128, 16));
+        let reduced = PatchTSTConfig::from_forecast(&cfg.dropout(0.1));
+        assert_eq!((reduced.hidden_size, reduced.dropout), (16, 0.1));
     }
 }
