@@ -67,7 +67,7 @@ fn session(dir: &Path) -> (Session, deeprc_pilot::TaskManager) {
         )
         .unwrap();
     let tm = s.task_manager();
-    tm.add_pilot(&p);
+    tm.add_pilot(&p).unwrap();
     (s, tm)
 }
 

@@ -104,7 +104,7 @@ fn new_session(registry: Registry, desc: PilotDescription) -> (Session, TaskMana
         .expect("session");
     let pilot = session.pilot_manager().submit(desc).expect("pilot");
     let tm = session.task_manager();
-    tm.add_pilot(&pilot);
+    tm.add_pilot(&pilot).expect("add pilot");
     (session, tm)
 }
 
@@ -248,7 +248,7 @@ fn main() {
             .submit(PilotDescription::local())
             .expect("pilot");
         let tm = session.task_manager();
-        tm.add_pilot(&pilot);
+        tm.add_pilot(&pilot).expect("add pilot");
         let make = || TaskDescription::executable(["/bin/true"]);
         rate(&tm, 500, &make);
         let r = rate(&tm, a.true_tasks, &make);

@@ -18,12 +18,13 @@
 
 use crate::{
     launch::{
-        pool::WorkerPool,
+        check_commands,
+        pool::{PoolConfig, Started, WorkerPool},
         process::{ProcessExecutor, SpawnJob},
         threads::ThreadExecutor,
-        CommEnv, LaunchRequest,
+        CommEnv, CommandSpec, LaunchRequest,
     },
-    profile::{PlacementRecord, TaskRecord},
+    profile::{PlacementRecord, RetryHistory, TaskRecord},
     scheduler::{Shape, SlotMap},
     session::{PilotShared, SessionShared},
     sys,
@@ -57,6 +58,12 @@ pub(crate) enum AgentEvent {
     DepFinal { dep: TaskId, state: TaskState },
     /// One or more ranks of a task ended.
     Rank(RankDone),
+    /// A batch of worker processes connected, or could not start.
+    WorkersStarted {
+        batch: u64,
+        result: std::result::Result<Vec<Started>, String>,
+        elapsed: Duration,
+    },
     /// A worker process ended.
     WorkerExited {
         core: usize,
@@ -180,6 +187,90 @@ pub(crate) fn start(
         .map_err(|e| PilotError::io("starting the agent thread", e))
 }
 
+/// Makes a task final: its state, reason and outputs, its profile record,
+/// its waiters and callbacks, its dependents (handed to `route` as
+/// `(pilot, agent, task, state)`) and its task manager's count.
+fn record_final(
+    session: &SessionShared,
+    pilot: u32,
+    task: &Arc<TaskShared>,
+    f: Final,
+    mut route: impl FnMut(u32, &Sender<AgentEvent>, TaskId, TaskState),
+) {
+    let now = now_ns();
+    let notify = {
+        let mut g = task.lock();
+        g.state = Some(f.state);
+        g.ts.finished = now;
+        if f.exec.0 != 0 {
+            g.ts.exec_start = f.exec.0;
+        }
+        if f.exec.1 != 0 {
+            g.ts.exec_end = f.exec.1;
+        }
+        g.comm_ns = f.comm_ns;
+        g.outputs = f.outputs;
+        // The reason of this, the last, attempt: none for DONE (earlier
+        // attempts' reasons are kept in `failures`).
+        g.reason = f.reason;
+        g.stderr_tail = f.stderr_tail;
+        g.exit_code = f.exit_code;
+        if session.keep_records {
+            let d = &task.desc;
+            let record = TaskRecord {
+                id: task.id,
+                name: Arc::clone(&task.label),
+                kind: Arc::clone(&task.kind),
+                pilot,
+                state: f.state,
+                attempts: g.attempt + u32::from(g.ts.executing != 0),
+                ranks: d.ranks as u32,
+                cores: (d.ranks * d.cores_per_rank) as u32,
+                gpus: (d.gpus_per_rank * d.ranks as f64) as f32,
+                ts: g.ts,
+                placement_ns: f.placement_ns,
+                comm_ns: f.comm_ns,
+                placement: PlacementRecord::from_placement(g.placement.as_ref()),
+                history: (!g.history.is_empty()).then(|| {
+                    Box::new(RetryHistory {
+                        transitions: g.history.clone().into_boxed_slice(),
+                        failures: g.failures.clone().into_boxed_slice(),
+                    })
+                }),
+            };
+            session
+                .records
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(record);
+        }
+        g.waiters > 0
+    };
+    if notify {
+        task.changed.notify_all();
+    }
+    Agent::callbacks(task, f.state);
+    for (p, tx) in session.deps.publish(task.id, f.state) {
+        route(p, &tx, task.id, f.state);
+    }
+    task.tmgr.task_finished(1);
+}
+
+/// Ends a task that its pilot never received (the pilot stopped while the
+/// task was being submitted): CANCELED, like the tasks a stopping pilot
+/// still holds.
+pub(crate) fn cancel_unsent(session: &SessionShared, pilot: &PilotShared, task: &Arc<TaskShared>) {
+    record_final(
+        session,
+        pilot.index,
+        task,
+        Final::early(TaskState::Canceled, Some(FailReason::Canceled)),
+        |_, tx, dep, state| {
+            let _ = tx.send(AgentEvent::DepFinal { dep, state });
+        },
+    );
+}
+
 struct Agent {
     pilot: Arc<PilotShared>,
     session: Arc<SessionShared>,
@@ -213,15 +304,18 @@ impl Agent {
         let pin = pilot.desc.pin_cpus;
         let threads = ThreadExecutor::new(cpu_of_core.clone(), pin, tx.clone());
         let pool = WorkerPool::new(
-            pilot.worker_exe.clone(),
-            pilot.runtime.clone(),
-            pilot.sandbox.join("workers"),
-            cpu_of_core,
-            pin,
+            PoolConfig {
+                exe: pilot.worker_exe.clone(),
+                runtime: pilot.runtime.clone(),
+                logs: pilot.sandbox.join("workers"),
+                cpu_of_core,
+                pin,
+                start_timeout: pilot.desc.worker_start_timeout,
+                max_frame: pilot.desc.max_message_bytes,
+                profiler: pilot.session_events.clone(),
+                pilot: pilot.id.clone(),
+            },
             tx.clone(),
-            pilot.desc.worker_start_timeout,
-            pilot.session_events.clone(),
-            pilot.id.clone(),
         );
         let spawners = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
@@ -337,13 +431,23 @@ impl Agent {
             AgentEvent::Cancel(id) => self.on_cancel(id),
             AgentEvent::DepFinal { dep, state } => self.dep_queue.push_back((dep, state)),
             AgentEvent::Rank(rd) => self.on_rank(rd),
+            AgentEvent::WorkersStarted {
+                batch,
+                result,
+                elapsed,
+            } => {
+                self.pool.on_started(batch, result, elapsed);
+                self.drain_pool();
+            }
             AgentEvent::WorkerExited {
                 core,
                 generation,
                 status,
                 stderr,
             } => {
-                if let Some((task, attempt, rank)) = self.pool.on_exit(core, generation) {
+                let busy = self.pool.on_exit(core, generation);
+                self.drain_pool();
+                if let Some((task, attempt, rank)) = busy {
                     self.on_rank(RankDone {
                         task: TaskId(task),
                         attempt,
@@ -391,65 +495,16 @@ impl Agent {
     }
 
     fn finalize(&mut self, task: &Arc<TaskShared>, f: Final) {
-        let now = now_ns();
-        let notify = {
-            let mut g = task.lock();
-            g.state = Some(f.state);
-            g.ts.finished = now;
-            if f.exec.0 != 0 {
-                g.ts.exec_start = f.exec.0;
-            }
-            if f.exec.1 != 0 {
-                g.ts.exec_end = f.exec.1;
-            }
-            g.comm_ns = f.comm_ns;
-            g.outputs = f.outputs;
-            if f.reason.is_some() {
-                g.reason = f.reason;
-            }
-            g.stderr_tail = f.stderr_tail;
-            g.exit_code = f.exit_code;
-            if self.session.keep_records {
-                let d = &task.desc;
-                let record = TaskRecord {
-                    id: task.id,
-                    name: Arc::clone(&task.label),
-                    kind: Arc::clone(&task.kind),
-                    pilot: self.pilot.index,
-                    state: f.state,
-                    attempts: g.attempt + u32::from(g.ts.executing != 0),
-                    ranks: d.ranks as u32,
-                    cores: (d.ranks * d.cores_per_rank) as u32,
-                    gpus: (d.gpus_per_rank * d.ranks as f64) as f32,
-                    ts: g.ts,
-                    placement_ns: f.placement_ns,
-                    comm_ns: f.comm_ns,
-                    placement: PlacementRecord::from_placement(g.placement.as_ref()),
-                    history: (!g.history.is_empty()).then(|| g.history.clone().into_boxed_slice()),
-                };
-                self.session
-                    .records
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(record);
-            }
-            g.waiters > 0
-        };
-        if notify {
-            task.changed.notify_all();
-        }
-        Self::callbacks(task, f.state);
-        for (pilot, tx) in self.session.deps.publish(task.id, f.state) {
-            if pilot == self.pilot.index {
-                self.dep_queue.push_back((task.id, f.state));
+        let own = self.pilot.index;
+        let mut local = Vec::new();
+        record_final(&self.session, own, task, f, |pilot, tx, dep, state| {
+            if pilot == own {
+                local.push((dep, state));
             } else {
-                let _ = tx.send(AgentEvent::DepFinal {
-                    dep: task.id,
-                    state: f.state,
-                });
+                let _ = tx.send(AgentEvent::DepFinal { dep, state });
             }
-        }
-        task.tmgr.task_finished(1);
+        });
+        self.dep_queue.extend(local);
     }
 
     // ----- submission and dependencies -----------------------------------
@@ -641,11 +696,16 @@ impl Agent {
             }
             TaskKind::Executable(e) => self.launch_executable(&t, e, &mut run, sandbox),
         };
-        if let Some(to) = t.desc.timeout {
-            self.timers
-                .push(Reverse((Instant::now() + to, id.0, attempt)));
-        }
-        let failed = launched.err();
+        let failed = match launched {
+            // Running now: its timeout starts now. Ranks waiting for their
+            // workers start it when they are sent (`drain_pool`).
+            Ok(true) => {
+                self.start_timer(&t, attempt);
+                None
+            }
+            Ok(false) => None,
+            Err(reason) => Some(reason),
+        };
         let immediate = failed.is_some();
         if let Some(reason) = failed {
             run.failure = Some(reason);
@@ -657,14 +717,52 @@ impl Agent {
         }
     }
 
+    /// Arms the timeout of an attempt that started running (none for a
+    /// timeout too long to represent).
+    fn start_timer(&mut self, t: &TaskShared, attempt: u32) {
+        if let Some(deadline) = t.desc.timeout.and_then(|to| Instant::now().checked_add(to)) {
+            self.timers.push(Reverse((deadline, t.id.0, attempt)));
+        }
+    }
+
+    /// Acts on what the worker pool did on its own: attempts sent to their
+    /// workers start their timeouts; attempts whose workers did not start
+    /// fail.
+    fn drain_pool(&mut self) {
+        let out = self.pool.take_outcome();
+        for (task, attempt) in out.dispatched {
+            let t = match self.running.get(&task) {
+                Some(r) if r.attempt == attempt => Arc::clone(&r.task),
+                _ => continue,
+            };
+            self.start_timer(&t, attempt);
+        }
+        for (task, attempt, ranks, why) in out.failed {
+            self.on_rank(RankDone {
+                task: TaskId(task),
+                attempt,
+                rank: 0,
+                ranks,
+                exec_start: 0,
+                exec_end: now_ns(),
+                comm_ns: 0,
+                outcome: Err(why),
+                exit_code: None,
+                stderr_tail: None,
+            });
+        }
+    }
+
     /// Hands a function task's ranks to threads, workers or `mpirun`.
+    /// Returns whether they run now (`false`: they wait for their workers
+    /// to start).
     fn launch_function(
         &mut self,
         t: &Arc<TaskShared>,
         launch: FunctionLaunch,
         run: &mut Running,
         sandbox: Option<&Path>,
-    ) -> std::result::Result<(), FailReason> {
+    ) -> std::result::Result<bool, FailReason> {
         if let Some(dir) = sandbox {
             std::fs::create_dir_all(dir).map_err(|e| {
                 FailReason::Launch(format!("creating the sandbox {}: {e}", dir.display()))
@@ -683,7 +781,7 @@ impl Agent {
                 )?;
                 run.cancel = Some(cancel);
                 run.comm_ns = comm_ns;
-                Ok(())
+                Ok(true)
             }
             FunctionLaunch::Processes => {
                 run.route = Route::Pool;
@@ -707,6 +805,7 @@ impl Agent {
                 run.route = Route::Procs;
                 let placement = Arc::clone(&run.placement);
                 self.launch_mpi_function(t, attempt, &placement, sandbox.map(Path::to_path_buf))
+                    .map(|()| true)
             }
         }
     }
@@ -719,7 +818,7 @@ impl Agent {
         e: &ExecutableSpec,
         run: &mut Running,
         sandbox: Option<PathBuf>,
-    ) -> std::result::Result<(), FailReason> {
+    ) -> std::result::Result<bool, FailReason> {
         run.route = Route::Procs;
         let comm = if run.ranks.len() > 1 {
             let (dir, env) = self.comm_store(t.id, run.attempt);
@@ -728,24 +827,17 @@ impl Agent {
         } else {
             None
         };
-        let method = self
-            .pilot
-            .methods
-            .get(&e.launch_method)
-            .cloned()
-            .ok_or_else(|| {
-                FailReason::Launch(format!("unknown launch method {}", e.launch_method))
-            })?;
-        let specs = method
-            .commands(&LaunchRequest {
+        let specs = self.commands(
+            &e.launch_method,
+            &LaunchRequest {
                 task: t.id,
                 argv: &e.argv,
                 env: &e.env,
                 placement: &run.placement,
                 nodes: &self.pilot.nodes,
                 comm: comm.as_ref(),
-            })
-            .map_err(FailReason::Launch)?;
+            },
+        )?;
         let dir = sandbox.unwrap_or_else(|| self.pilot.sandbox.join(t.id.to_string()));
         self.procs.launch(SpawnJob {
             task: t.id,
@@ -755,8 +847,38 @@ impl Agent {
             sandbox: dir,
             pre_exec: e.pre_exec.clone(),
             mpi_results: None,
-        });
-        Ok(())
+        })?;
+        Ok(true)
+    }
+
+    /// The command lines of the launch method `name` for `req`, checked: a
+    /// launch method that fails, panics or returns commands that cannot run
+    /// (an empty argv, ranks missing or repeated) fails the task, naming
+    /// the method.
+    fn commands(
+        &self,
+        name: &str,
+        req: &LaunchRequest<'_>,
+    ) -> std::result::Result<Vec<CommandSpec>, FailReason> {
+        let failed = |reason: String| FailReason::LaunchMethod {
+            method: name.to_string(),
+            reason,
+        };
+        let method = self
+            .pilot
+            .methods
+            .get(name)
+            .ok_or_else(|| failed(format!("pilot {} does not know it", self.pilot.id)))?;
+        let specs = catch_unwind(AssertUnwindSafe(|| method.commands(req)))
+            .map_err(|p| {
+                failed(format!(
+                    "it panicked: {}",
+                    crate::launch::threads::panic_message(&*p)
+                ))
+            })?
+            .map_err(failed)?;
+        check_commands(&specs, req.placement.ranks.len()).map_err(failed)?;
+        Ok(specs)
     }
 
     /// A rendezvous directory and token for a multi-rank task.
@@ -812,23 +934,22 @@ impl Agent {
                     "DEEPRC_PILOT_TASK_FILE".to_string(),
                     spec_file.display().to_string(),
                 ),
+                (
+                    crate::launch::pool::ENV_MAX_FRAME.to_string(),
+                    self.pilot.desc.max_message_bytes.to_string(),
+                ),
             ];
-            let m = self
-                .pilot
-                .methods
-                .get("mpirun")
-                .cloned()
-                .ok_or_else(|| FailReason::Launch("no mpirun launch method".into()))?;
-            let specs = m
-                .commands(&LaunchRequest {
+            let specs = self.commands(
+                "mpirun",
+                &LaunchRequest {
                     task: t.id,
                     argv: &argv,
                     env: &env,
                     placement,
                     nodes: &self.pilot.nodes,
                     comm: None,
-                })
-                .map_err(FailReason::Launch)?;
+                },
+            )?;
             self.procs.launch(SpawnJob {
                 task: t.id,
                 attempt,
@@ -836,8 +957,8 @@ impl Agent {
                 cwd: dir.clone(),
                 sandbox: dir,
                 pre_exec: Vec::new(),
-                mpi_results: Some(placement.ranks.len()),
-            });
+                mpi_results: Some((placement.ranks.len(), self.pilot.desc.max_message_bytes)),
+            })?;
             Ok(())
         }
     }
@@ -973,7 +1094,10 @@ impl Agent {
             };
             g.state = Some(TaskState::Scheduling);
             g.placement = None;
-            g.reason = Some(reason);
+            // The attempt's reason goes to the attempts' history: `reason()`
+            // is about the attempt that ends the task.
+            g.reason = None;
+            g.failures.push(reason);
         }
         Self::callbacks(task, TaskState::Scheduling);
         self.enqueue(Arc::clone(task));
@@ -990,7 +1114,13 @@ impl Agent {
         run.kill_reason = Some(reason);
         match run.route {
             Route::Procs => self.procs.kill(key),
-            Route::Pool => self.pool.kill_task(key),
+            Route::Pool => {
+                // Still waiting for its workers: nothing runs, it ends now.
+                if self.pool.kill_task(key) {
+                    run.remaining = 0;
+                    self.complete(key, true);
+                }
+            }
             Route::Threads => {
                 if let Some(c) = &run.cancel {
                     c.store(true, Ordering::Relaxed);

@@ -39,8 +39,19 @@ pub struct PilotDescription {
     /// [`worker::run_if_worker`](crate::worker::run_if_worker) first in
     /// `main`.
     pub worker_executable: Option<PathBuf>,
-    /// How long a worker process may take to start and connect.
+    /// How long a worker process may take to start and connect (default
+    /// 20 s; one too long to represent means no limit). Workers start off
+    /// the scheduler: other tasks, cancellations and timeouts are handled
+    /// meanwhile.
     pub worker_start_timeout: Duration,
+    /// The largest message between the agent and a worker process (or an
+    /// `mpirun` rank), in bytes: it bounds a function task's arguments and
+    /// each rank's result when they run in processes (default 1 GiB, from
+    /// 4 KiB to 4 GiB - 1). Larger arguments are refused at submission
+    /// ([`PilotError::ArgumentsTooLarge`]); a larger result fails its task
+    /// ([`FailReason::ResultTooLarge`](crate::FailReason::ResultTooLarge)).
+    /// Tasks on threads are not bounded.
+    pub max_message_bytes: u64,
     /// Where task sandboxes go: `<sandbox>/<session id>/<pilot id>/<task
     /// id>` (default: under the session's sandbox). A local or in-memory
     /// file system makes executables faster to start: each gets a
@@ -64,6 +75,8 @@ impl fmt::Debug for PilotDescription {
             .field("memory_bytes", &self.memory_bytes)
             .field("nodes", &self.nodes)
             .field("worker_executable", &self.worker_executable)
+            .field("worker_start_timeout", &self.worker_start_timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
             .field("sandbox", &self.sandbox)
             .field("pin_cpus", &self.pin_cpus)
             .field(
@@ -96,6 +109,7 @@ impl PilotDescription {
             nodes: None,
             worker_executable: None,
             worker_start_timeout: Duration::from_secs(20),
+            max_message_bytes: crate::wire::DEFAULT_MAX_FRAME,
             sandbox: None,
             pin_cpus: true,
             comm_config: CommConfig::default(),
@@ -137,6 +151,19 @@ impl PilotDescription {
     /// Sets the worker executable.
     pub fn worker_executable(mut self, path: impl Into<PathBuf>) -> Self {
         self.worker_executable = Some(path.into());
+        self
+    }
+
+    /// Sets how long a worker process may take to start and connect.
+    pub fn worker_start_timeout(mut self, timeout: Duration) -> Self {
+        self.worker_start_timeout = timeout;
+        self
+    }
+
+    /// Sets the largest message between the agent and its worker processes
+    /// (see [`max_message_bytes`](Self::max_message_bytes)).
+    pub fn max_message_bytes(mut self, bytes: u64) -> Self {
+        self.max_message_bytes = bytes;
         self
     }
 

@@ -112,6 +112,37 @@ pub enum PilotError {
         /// The providers that are registered, comma separated.
         known: String,
     },
+    /// A function task's arguments are too large for the message that takes
+    /// them to a worker process (see
+    /// [`PilotDescription::max_message_bytes`](crate::PilotDescription::max_message_bytes)).
+    #[error(
+        "task {task}: its arguments are {size} bytes, more than the {limit} a message to a \
+         worker of pilot {pilot} can carry (max_message_bytes {max_message_bytes}, less the \
+         message's other fields); pass large data another way (a file in the sandbox) or \
+         raise the limit"
+    )]
+    ArgumentsTooLarge {
+        /// The task.
+        task: String,
+        /// The pilot with the largest limit.
+        pilot: String,
+        /// The size of the arguments in bytes.
+        size: u64,
+        /// The most argument bytes a message can carry.
+        limit: u64,
+        /// The pilot's message limit.
+        max_message_bytes: u64,
+    },
+    /// A pilot of one session was added to a task manager of another.
+    #[error("pilot {pilot} belongs to session {pilot_session}, not to {session}")]
+    ForeignPilot {
+        /// The pilot.
+        pilot: String,
+        /// The session it belongs to.
+        pilot_session: String,
+        /// The task manager's session.
+        session: String,
+    },
     /// A task was submitted to a task manager without pilots.
     #[error("the task manager has no pilot: call TaskManager::add_pilot first")]
     NoPilot,

@@ -39,7 +39,7 @@
 //! let session = Session::builder().registry(registry).build()?;
 //! let pilot = session.pilot_manager().submit(PilotDescription::local().cores(4))?;
 //! let tmgr = session.task_manager();
-//! tmgr.add_pilot(&pilot);
+//! tmgr.add_pilot(&pilot)?;
 //!
 //! // Four thread ranks all-reducing over their communicator.
 //! let t = tmgr.submit(TaskDescription::function("sum").ranks(4).try_args(&10u64)?)?;
@@ -84,7 +84,7 @@ pub use description::{
 };
 pub use error::{PilotError, Result};
 pub use launch::{CommEnv, CommandSpec, Fork, LaunchMethod, LaunchRequest, Mpirun};
-pub use profile::{PlacementRecord, ProfileFiles, Stats, Summary, TaskRecord};
+pub use profile::{PlacementRecord, ProfileFiles, RetryHistory, Stats, Summary, TaskRecord};
 pub use registry::{Registry, TaskContext};
 pub use resource::{
     GpuShare, LocalResources, NodeSpec, Placement, RankPlacement, ResourceProvider,

@@ -13,7 +13,7 @@
 //! | `exec.stop` | the payload ended | from `exec.start` |
 //! | `schedule.place` | the scheduler placed the task | its decision time |
 
-use crate::{Placement, TaskState, Timestamps};
+use crate::{FailReason, Placement, TaskState, Timestamps};
 use deeprc_core::{ProfileRecord, TaskId};
 use serde::Serialize;
 use std::{
@@ -112,8 +112,19 @@ pub struct TaskRecord {
     pub comm_ns: u64,
     /// Where its last attempt ran.
     pub placement: PlacementRecord,
-    /// Transitions of earlier attempts (retried tasks only).
-    pub history: Option<Box<[(TaskState, u64)]>>,
+    /// Its earlier attempts (retried tasks only).
+    pub history: Option<Box<RetryHistory>>,
+}
+
+/// The earlier attempts of a retried task, kept beside its
+/// [`TaskRecord`] (out of line: most tasks are never retried).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryHistory {
+    /// The state transitions of the earlier attempts, in order.
+    pub transitions: Box<[(TaskState, u64)]>,
+    /// Why each earlier attempt failed, in order; the attempts'
+    /// `state.failed` events carry it as their `reason`.
+    pub failures: Box<[FailReason]>,
 }
 
 impl TaskRecord {
@@ -122,7 +133,7 @@ impl TaskRecord {
         let mut v: Vec<(TaskState, u64)> = self
             .history
             .as_deref()
-            .map(<[_]>::to_vec)
+            .map(|h| h.transitions.to_vec())
             .unwrap_or_default();
         if v.is_empty() && self.ts.new != 0 {
             v.push((TaskState::New, self.ts.new));
@@ -158,8 +169,21 @@ impl TaskRecord {
             duration_ns: None,
             attrs: Vec::new(),
         };
+        let mut failures = self
+            .history
+            .as_deref()
+            .map(|h| &h.failures[..])
+            .unwrap_or_default()
+            .iter();
         for (i, (s, t)) in self.transitions().into_iter().enumerate() {
             let mut r = base(t, s.event());
+            if s == TaskState::Failed {
+                // Earlier attempts' failures, in order; the last attempt's
+                // reason is not recorded.
+                if let Some(why) = failures.next() {
+                    r.attrs.push(("reason".into(), why.to_string()));
+                }
+            }
             if i == 0 {
                 r.attrs = vec![
                     ("name".into(), self.name.to_string()),

@@ -14,13 +14,14 @@ use deeprc_core::{now_ns, ProfileRecord, Profiler, Resources, TaskId};
 use std::{
     collections::{HashMap, HashSet},
     fmt,
+    panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        mpsc::Sender,
-        Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock,
+        mpsc::{SendError, Sender},
+        Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock,
     },
-    thread::JoinHandle,
+    thread::{JoinHandle, ThreadId},
     time::{Duration, Instant},
 };
 
@@ -82,6 +83,15 @@ impl DepTable {
     }
 }
 
+/// The task names of a session and its next task id, claimed together
+/// (see [`TaskManager::submit_many`]).
+pub(crate) struct NameTable {
+    /// The id of the next task; every id below it is a submitted task.
+    pub(crate) next: u64,
+    /// Named tasks.
+    pub(crate) ids: HashMap<String, TaskId>,
+}
+
 /// What every part of a session shares.
 pub(crate) struct SessionShared {
     pub(crate) id: String,
@@ -90,10 +100,9 @@ pub(crate) struct SessionShared {
     pub(crate) runtime: PathBuf,
     pub(crate) profile_dir: Option<PathBuf>,
     pub(crate) keep_records: bool,
-    pub(crate) next_task: AtomicU64,
     pub(crate) next_tmgr: AtomicU64,
     pub(crate) deps: DepTable,
-    pub(crate) names: Mutex<HashMap<String, TaskId>>,
+    pub(crate) names: Mutex<NameTable>,
     pub(crate) records: Mutex<Vec<TaskRecord>>,
     pub(crate) events: Profiler,
     pub(crate) pilots: Mutex<Vec<Arc<PilotShared>>>,
@@ -211,10 +220,12 @@ impl SessionBuilder {
                 .profile_dir
                 .or_else(|| std::env::var_os("DEEPRC_PILOT_PROFILE_DIR").map(PathBuf::from)),
             keep_records: self.keep_records.unwrap_or(true),
-            next_task: AtomicU64::new(1),
             next_tmgr: AtomicU64::new(0),
             deps: DepTable::default(),
-            names: Mutex::new(HashMap::new()),
+            names: Mutex::new(NameTable {
+                next: 1,
+                ids: HashMap::new(),
+            }),
             records: Mutex::new(Vec::new()),
             events: Profiler::new(),
             pilots: Mutex::new(Vec::new()),
@@ -243,7 +254,7 @@ impl SessionBuilder {
 /// let session = Session::builder().registry(registry).profile_dir("out/pilot").build()?;
 /// let pilot = session.pilot_manager().submit(PilotDescription::local())?;
 /// let tmgr = session.task_manager();
-/// tmgr.add_pilot(&pilot);
+/// tmgr.add_pilot(&pilot)?;
 /// let t = tmgr.submit(TaskDescription::function("square").try_args(&7u64)?)?;
 /// assert_eq!(t.wait(), TaskState::Done);
 /// assert_eq!(t.result::<u64>()?, 49);
@@ -422,26 +433,38 @@ fn close_session(s: &Arc<SessionShared>) -> Result<Summary> {
     written.map(|()| summary)
 }
 
+/// Stops a pilot and waits until its agent has ended (every caller does,
+/// not only the first), then releases its resources (once).
+///
+/// Called from the agent's own thread (a callback stopping its pilot), it
+/// only asks the agent to stop: the agent cannot wait for itself. The
+/// session's close (or drop) waits for it later.
 fn stop_pilot(p: &Arc<PilotShared>, end: PilotState) {
     {
         let mut st = lock(&p.state);
-        if !matches!(*st, PilotState::Active | PilotState::Launching) {
-            return;
+        if matches!(*st, PilotState::Active | PilotState::Launching) {
+            *st = end;
+            let _ = p.tx.send(AgentEvent::Shutdown);
         }
-        *st = end;
     }
-    let _ = p.tx.send(AgentEvent::Shutdown);
-    if let Some(h) = lock(&p.thread).take() {
+    if p.agent_thread.get() == Some(&std::thread::current().id()) {
+        return;
+    }
+    // Held while joining: a second caller waits for the first to be done.
+    let mut thread = lock(&p.thread);
+    if let Some(h) = thread.take() {
         let _ = h.join();
+        p.provider.release(&p.nodes);
+        p.session_events
+            .push(ProfileRecord::now(p.id.clone(), "pilot.stop"));
     }
-    p.provider.release(&p.nodes);
-    p.session_events
-        .push(ProfileRecord::now(p.id.clone(), "pilot.stop"));
 }
 
 /// A pilot as its agent, the managers and the tasks share it.
 pub(crate) struct PilotShared {
     pub(crate) id: String,
+    /// The id of the session it belongs to.
+    pub(crate) session_id: String,
     pub(crate) index: u32,
     pub(crate) desc: PilotDescription,
     pub(crate) nodes: Vec<NodeSpec>,
@@ -450,6 +473,8 @@ pub(crate) struct PilotShared {
     pub(crate) tx: Sender<AgentEvent>,
     pub(crate) state: Mutex<PilotState>,
     pub(crate) thread: Mutex<Option<JoinHandle<()>>>,
+    /// The agent thread's id (set once it runs).
+    pub(crate) agent_thread: OnceLock<ThreadId>,
     pub(crate) sandbox: PathBuf,
     pub(crate) runtime: PathBuf,
     pub(crate) worker_exe: PathBuf,
@@ -508,63 +533,39 @@ impl PilotManager {
                 }
             }
         };
+        let frame = desc.max_message_bytes;
+        if !(crate::wire::MIN_MAX_FRAME..=u64::from(u32::MAX)).contains(&frame) {
+            return Err(PilotError::InvalidPilot {
+                reason: format!(
+                    "max_message_bytes must be from {} to {}, not {frame}",
+                    crate::wire::MIN_MAX_FRAME,
+                    u32::MAX
+                ),
+            });
+        }
         let nodes = provider.acquire(&desc)?;
         let mut pilots = lock(&s.pilots);
         let index = pilots.len() as u32;
-        let id = format!("pilot.{index:04}");
-        let sandbox = match &desc.sandbox {
-            Some(root) => root.join(&s.id),
-            None => s.sandbox.clone(),
-        }
-        .join(&id);
-        std::fs::create_dir_all(&sandbox).map_err(|e| {
-            PilotError::io(
-                format!("creating the pilot sandbox {}", sandbox.display()),
-                e,
-            )
-        })?;
-        let runtime = s.runtime.join(format!("p{index}"));
-        std::fs::create_dir_all(&runtime)
-            .map_err(|e| PilotError::io(format!("creating {}", runtime.display()), e))?;
-        let worker_exe = match &desc.worker_executable {
-            Some(p) => p.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| PilotError::io("finding the current executable", e))?,
+        let shared = match new_pilot(s, desc, Arc::clone(&provider), nodes.clone(), index) {
+            Ok(p) => p,
+            Err(e) => {
+                // What was acquired goes back.
+                drop(pilots);
+                provider.release(&nodes);
+                return Err(e);
+            }
         };
-        let mut methods: HashMap<String, Arc<dyn LaunchMethod>> = HashMap::new();
-        methods.insert("fork".into(), Arc::new(Fork));
-        methods.insert("mpirun".into(), Arc::new(Mpirun::new()));
-        for m in &desc.launch_methods {
-            methods.insert(m.name().to_string(), Arc::clone(m));
+        // Checked under the lock that closing takes to find the pilots: a
+        // session closed meanwhile does not leave this pilot running.
+        if s.closed.load(Ordering::Acquire) {
+            drop(pilots);
+            stop_pilot(&shared, PilotState::Canceled);
+            return Err(PilotError::Closed {
+                what: format!("session {}", s.id),
+            });
         }
-        let total = nodes.iter().fold(Resources::default(), |acc, n| Resources {
-            cores: acc.cores + n.cores,
-            gpus: acc.gpus + n.gpus as f64,
-            memory_bytes: acc.memory_bytes + n.memory_bytes,
-        });
-        let (tx, rx) = std::sync::mpsc::channel();
-        let shared = Arc::new(PilotShared {
-            id: id.clone(),
-            index,
-            desc,
-            nodes,
-            total,
-            methods,
-            tx,
-            state: Mutex::new(PilotState::Launching),
-            thread: Mutex::new(None),
-            sandbox,
-            runtime,
-            worker_exe,
-            provider,
-            fits: Mutex::new(HashMap::new()),
-            session_events: s.events.clone(),
-        });
-        let handle = agent::start(Arc::clone(&shared), Arc::clone(s), rx)?;
-        *lock(&shared.thread) = Some(handle);
-        *lock(&shared.state) = PilotState::Active;
         s.events.push(
-            ProfileRecord::now(id, "pilot.active")
+            ProfileRecord::now(shared.id.clone(), "pilot.active")
                 .with_attr("nodes", shared.nodes.len())
                 .with_attr("resources", shared.total),
         );
@@ -581,6 +582,72 @@ impl PilotManager {
             })
             .collect()
     }
+}
+
+/// Makes the directories of pilot `index` on `nodes` and starts its agent.
+fn new_pilot(
+    s: &Arc<SessionShared>,
+    desc: PilotDescription,
+    provider: Arc<dyn ResourceProvider>,
+    nodes: Vec<NodeSpec>,
+    index: u32,
+) -> Result<Arc<PilotShared>> {
+    let id = format!("pilot.{index:04}");
+    let sandbox = match &desc.sandbox {
+        Some(root) => root.join(&s.id),
+        None => s.sandbox.clone(),
+    }
+    .join(&id);
+    std::fs::create_dir_all(&sandbox).map_err(|e| {
+        PilotError::io(
+            format!("creating the pilot sandbox {}", sandbox.display()),
+            e,
+        )
+    })?;
+    let runtime = s.runtime.join(format!("p{index}"));
+    std::fs::create_dir_all(&runtime)
+        .map_err(|e| PilotError::io(format!("creating {}", runtime.display()), e))?;
+    let worker_exe = match &desc.worker_executable {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| PilotError::io("finding the current executable", e))?,
+    };
+    let mut methods: HashMap<String, Arc<dyn LaunchMethod>> = HashMap::new();
+    methods.insert("fork".into(), Arc::new(Fork));
+    methods.insert("mpirun".into(), Arc::new(Mpirun::new()));
+    for m in &desc.launch_methods {
+        methods.insert(m.name().to_string(), Arc::clone(m));
+    }
+    let total = nodes.iter().fold(Resources::default(), |acc, n| Resources {
+        cores: acc.cores + n.cores,
+        gpus: acc.gpus + n.gpus as f64,
+        memory_bytes: acc.memory_bytes + n.memory_bytes,
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let shared = Arc::new(PilotShared {
+        id: id.clone(),
+        session_id: s.id.clone(),
+        index,
+        desc,
+        nodes,
+        total,
+        methods,
+        tx,
+        state: Mutex::new(PilotState::Launching),
+        thread: Mutex::new(None),
+        agent_thread: OnceLock::new(),
+        sandbox,
+        runtime,
+        worker_exe,
+        provider,
+        fits: Mutex::new(HashMap::new()),
+        session_events: s.events.clone(),
+    });
+    let handle = agent::start(Arc::clone(&shared), Arc::clone(s), rx)?;
+    let _ = shared.agent_thread.set(handle.thread().id());
+    *lock(&shared.thread) = Some(handle);
+    *lock(&shared.state) = PilotState::Active;
+    Ok(shared)
 }
 
 /// A placeholder of resources with an agent (scheduler + executor).
@@ -696,12 +763,27 @@ impl TaskManager {
     }
 
     /// Lets tasks run on `pilot`. With several pilots, each task goes to
-    /// one that can hold it, in turn.
-    pub fn add_pilot(&self, pilot: &Pilot) {
+    /// one that can hold it, in turn (see [`submit_many`](Self::submit_many)).
+    /// Adding a pilot twice changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`PilotError::ForeignPilot`] when the pilot belongs to another
+    /// session (task ids, names and dependencies are the session's own).
+    pub fn add_pilot(&self, pilot: &Pilot) -> Result<()> {
+        let s = &self.shared.session;
+        if pilot.shared.session_id != s.id {
+            return Err(PilotError::ForeignPilot {
+                pilot: pilot.shared.id.clone(),
+                pilot_session: pilot.shared.session_id.clone(),
+                session: s.id.clone(),
+            });
+        }
         let mut g = lock(&self.shared.pilots);
         if !g.iter().any(|p| Arc::ptr_eq(p, &pilot.shared)) {
             g.push(Arc::clone(&pilot.shared));
         }
+        Ok(())
     }
 
     /// Calls `f` on every state change of this manager's tasks.
@@ -722,75 +804,102 @@ impl TaskManager {
 
     /// Submits a batch: all are accepted or none (the error names the first
     /// bad description). Dependencies may name tasks of the same batch.
+    ///
+    /// Each task goes to one of this manager's active pilots, taken in
+    /// turn, that knows the task's launch method, can run it here and can
+    /// hold the task. Names are claimed atomically: of concurrent
+    /// submissions of one name, exactly one succeeds.
+    ///
+    /// A pilot that stops while the batch is handed to it ends the batch's
+    /// tasks for it CANCELED (the handles are returned all the same).
     pub fn submit_many(&self, descs: Vec<TaskDescription>) -> Result<Vec<Task>> {
         let tm = &self.shared;
         let s = &tm.session;
         s.check_open()?;
-        let pilots: Vec<Arc<PilotShared>> = lock(&tm.pilots).clone();
-        if pilots.is_empty() {
-            return Err(PilotError::NoPilot);
-        }
-        for p in &pilots {
-            if *lock(&p.state) != PilotState::Active {
-                return Err(PilotError::Closed {
-                    what: format!("pilot {}", p.id),
-                });
+        let pilots: Vec<Arc<PilotShared>> = {
+            let g = lock(&tm.pilots);
+            if g.is_empty() {
+                return Err(PilotError::NoPilot);
             }
-        }
-        // Names: unique in the session and in the batch.
+            let active: Vec<Arc<PilotShared>> = g
+                .iter()
+                .filter(|p| *lock(&p.state) == PilotState::Active)
+                .cloned()
+                .collect();
+            if active.is_empty() {
+                let what = match g.as_slice() {
+                    [one] => format!("pilot {}", one.id),
+                    all => format!(
+                        "every pilot of {} ({})",
+                        tm.id,
+                        all.iter()
+                            .map(|p| p.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                return Err(PilotError::Closed { what });
+            }
+            active
+        };
+        // Names: unique in the batch here, in the session below.
         let mut batch_names: HashMap<&str, usize> = HashMap::new();
-        {
-            let known = lock(&s.names);
-            for (i, d) in descs.iter().enumerate() {
-                if let Some(n) = &d.name {
-                    if known.contains_key(n) || batch_names.insert(n.as_str(), i).is_some() {
-                        return Err(PilotError::DuplicateName { name: n.clone() });
-                    }
+        for (i, d) in descs.iter().enumerate() {
+            if let Some(n) = &d.name {
+                if batch_names.insert(n.as_str(), i).is_some() {
+                    return Err(PilotError::DuplicateName { name: n.clone() });
                 }
             }
         }
         check_cycles(&descs, &batch_names)?;
-        let mut prepared = Vec::with_capacity(descs.len());
-        for (i, d) in descs.iter().enumerate() {
-            prepared.push(prepare(s, &pilots, tm, d, i)?);
-        }
-        // Ids, then dependencies (by id, by earlier name, or in the batch).
+        let prepared = descs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| prepare(s, &pilots, tm, d, i))
+            .collect::<Result<Vec<Prepared>>>()?;
+        // One critical section checks the names against the session's,
+        // resolves the dependencies and claims names and ids: two
+        // submissions cannot both claim a name, and every id handed out is
+        // a task that was submitted (so depending on any id below the next
+        // one is safe).
         let n = descs.len() as u64;
-        let base = s.next_task.fetch_add(n, Ordering::Relaxed);
-        let mut names = lock(&s.names);
-        let mut deps_of: Vec<Vec<TaskId>> = Vec::with_capacity(descs.len());
-        for (i, d) in descs.iter().enumerate() {
-            let mut deps = Vec::with_capacity(d.dependencies.len());
-            for r in &d.dependencies {
-                let id = match r {
-                    TaskRef::Id(id) if id.0 >= 1 && id.0 < base => *id,
-                    TaskRef::Name(nm) => match (batch_names.get(nm.as_str()), names.get(nm)) {
-                        (Some(&j), _) => TaskId(base + j as u64),
-                        (None, Some(&id)) => id,
-                        (None, None) => {
-                            return Err(PilotError::UnknownDependency {
-                                task: d.label(i),
-                                dependency: r.to_string(),
-                            })
-                        }
-                    },
-                    TaskRef::Id(_) => {
-                        return Err(PilotError::UnknownDependency {
-                            task: d.label(i),
-                            dependency: r.to_string(),
-                        })
+        let (base, deps_of) = {
+            let mut reg = lock(&s.names);
+            for d in &descs {
+                if let Some(nm) = &d.name {
+                    if reg.ids.contains_key(nm) {
+                        return Err(PilotError::DuplicateName { name: nm.clone() });
                     }
-                };
-                deps.push(id);
+                }
             }
-            deps_of.push(deps);
-        }
-        for (i, d) in descs.iter().enumerate() {
-            if let Some(nm) = &d.name {
-                names.insert(nm.clone(), TaskId(base + i as u64));
+            let base = reg.next;
+            let mut deps_of: Vec<Vec<TaskId>> = Vec::with_capacity(descs.len());
+            for (i, d) in descs.iter().enumerate() {
+                let mut deps = Vec::with_capacity(d.dependencies.len());
+                for r in &d.dependencies {
+                    let id = match r {
+                        TaskRef::Id(id) if id.0 >= 1 && id.0 < base => Some(*id),
+                        TaskRef::Id(_) => None,
+                        TaskRef::Name(nm) => match batch_names.get(nm.as_str()) {
+                            Some(&j) => Some(TaskId(base + j as u64)),
+                            None => reg.ids.get(nm).copied(),
+                        },
+                    };
+                    deps.push(id.ok_or_else(|| PilotError::UnknownDependency {
+                        task: d.label(i),
+                        dependency: r.to_string(),
+                    })?);
+                }
+                deps_of.push(deps);
             }
-        }
-        drop(names);
+            reg.next = base + n;
+            for (i, d) in descs.iter().enumerate() {
+                if let Some(nm) = &d.name {
+                    reg.ids.insert(nm.clone(), TaskId(base + i as u64));
+                }
+            }
+            (base, deps_of)
+        };
         lock(&tm.counts).submitted += n;
         let now = now_ns();
         let mut by_pilot: Vec<Vec<Arc<TaskShared>>> = vec![Vec::new(); pilots.len()];
@@ -824,7 +933,9 @@ impl TaskManager {
         if !cbs.is_empty() {
             for t in &out {
                 for cb in &cbs {
-                    cb(t, TaskState::New);
+                    // As on the agent's thread: a panicking callback must
+                    // not stop the tasks (they have ids and count already).
+                    let _ = catch_unwind(AssertUnwindSafe(|| cb(t, TaskState::New)));
                 }
             }
         }
@@ -832,13 +943,23 @@ impl TaskManager {
             if tasks.is_empty() {
                 continue;
             }
-            let k = tasks.len() as u64;
-            if p.tx.send(AgentEvent::Submit(tasks)).is_err() {
-                // The agent is gone: these tasks will never finish.
-                tm.task_finished(k);
-                return Err(PilotError::Closed {
-                    what: format!("pilot {}", p.id),
-                });
+            // Handed over under the pilot's state lock: a pilot that stops
+            // either finds these tasks in its queue before its Shutdown, or
+            // this finds it stopped. No task is left that nobody ends.
+            let unsent = {
+                let st = lock(&p.state);
+                if *st == PilotState::Active {
+                    match p.tx.send(AgentEvent::Submit(tasks)) {
+                        Ok(()) => Vec::new(),
+                        Err(SendError(AgentEvent::Submit(tasks))) => tasks,
+                        Err(SendError(_)) => Vec::new(),
+                    }
+                } else {
+                    tasks
+                }
+            };
+            for t in &unsent {
+                agent::cancel_unsent(s, p, t);
             }
         }
         Ok(out)
@@ -859,9 +980,12 @@ impl TaskManager {
     }
 
     /// Like [`wait_all`](Self::wait_all) for at most `timeout`; `true` when
-    /// all are final.
+    /// all are final. A timeout too long to represent waits forever.
     pub fn wait_all_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            self.wait_all();
+            return true;
+        };
         let mut c = lock(&self.shared.counts);
         while c.finished < c.submitted {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -905,6 +1029,9 @@ struct Prepared {
     func: Option<Arc<crate::registry::RawFn>>,
 }
 
+/// Validates a description and chooses its pilot: the first of `pilots`,
+/// taken in turn, that knows its launch method, can run it here and can
+/// hold it.
 fn prepare(
     s: &SessionShared,
     pilots: &[Arc<PilotShared>],
@@ -922,6 +1049,17 @@ fn prepare(
             "cores_per_rank must be at least 1",
         ));
     }
+    if d.ranks.checked_mul(d.cores_per_rank).is_none()
+        || d.mem_per_rank.checked_mul(d.ranks as u64).is_none()
+    {
+        return Err(PilotError::invalid(
+            label(),
+            format!(
+                "{} ranks of {} cores and {} bytes each: the totals overflow",
+                d.ranks, d.cores_per_rank, d.mem_per_rank
+            ),
+        ));
+    }
     let g = d.gpus_per_rank;
     if !(g.is_finite() && g >= 0.0) || (g > 1.0 && g.fract() != 0.0) {
         return Err(PilotError::invalid(
@@ -935,7 +1073,9 @@ fn prepare(
             "a timeout must be longer than zero",
         ));
     }
-    let (name, kind, func, span) = match &d.kind {
+    // What the task is, and the launch method (by name) and node spanning
+    // it asks of a pilot.
+    let (name, kind, func, method, span) = match &d.kind {
         TaskKind::Function(f) => {
             let entry = s
                 .registry
@@ -945,26 +1085,17 @@ fn prepare(
                     name: f.name.clone(),
                     known: s.registry.names().join(", "),
                 })?;
-            if f.launch == FunctionLaunch::Mpirun {
-                if !cfg!(feature = "mpi") {
-                    return Err(PilotError::NotCompiled {
-                        what: format!("task {}: function tasks under mpirun", label()),
-                        feature: "mpi",
-                    });
-                }
-                if let Some(m) = pilots[0].methods.get("mpirun") {
-                    m.check()
-                        .map_err(|reason| PilotError::LauncherUnavailable {
-                            task: label(),
-                            method: "mpirun".into(),
-                            reason,
-                        })?;
-                }
+            if f.launch == FunctionLaunch::Mpirun && !cfg!(feature = "mpi") {
+                return Err(PilotError::NotCompiled {
+                    what: format!("task {}: function tasks under mpirun", label()),
+                    feature: "mpi",
+                });
             }
             (
                 Arc::clone(&entry.name),
                 s.intern(f.launch.label()),
                 Some(Arc::clone(&entry.func)),
+                (f.launch == FunctionLaunch::Mpirun).then_some("mpirun"),
                 f.launch != FunctionLaunch::Threads,
             )
         }
@@ -972,22 +1103,6 @@ fn prepare(
             let Some(program) = e.argv.first() else {
                 return Err(PilotError::invalid(label(), "argv is empty"));
             };
-            let method = pilots[0].methods.get(&e.launch_method).ok_or_else(|| {
-                let mut known: Vec<&str> = pilots[0].methods.keys().map(String::as_str).collect();
-                known.sort_unstable();
-                PilotError::UnknownLaunchMethod {
-                    task: label(),
-                    method: e.launch_method.clone(),
-                    known: known.join(", "),
-                }
-            })?;
-            method
-                .check()
-                .map_err(|reason| PilotError::LauncherUnavailable {
-                    task: label(),
-                    method: e.launch_method.clone(),
-                    reason,
-                })?;
             if e.pre_exec.is_empty() {
                 let path_var = e
                     .env
@@ -1014,27 +1129,74 @@ fn prepare(
                 s.intern(&base),
                 s.intern(&format!("executable.{}", e.launch_method)),
                 None,
-                method.spans_nodes(),
+                Some(e.launch_method.as_str()),
+                true,
             )
         }
     };
-    let shape = Shape {
-        ranks: d.ranks,
-        cores: d.cores_per_rank,
-        gpu_units: Shape::gpu_units(g),
-        mem: d.mem_per_rank,
-        span_nodes: span,
-    };
-    // First fitting pilot, in turn.
     let start = if pilots.len() > 1 {
         tm.rr.fetch_add(1, Ordering::Relaxed)
     } else {
         0
     };
-    let mut why = None;
+    // Arguments that go to a process in a message must fit it.
+    let wire_args = match &d.kind {
+        TaskKind::Function(f) if f.launch != FunctionLaunch::Threads => Some(f),
+        _ => None,
+    };
+    // Why no pilot would do: the first that lacked room, else the one with
+    // the largest message limit when the arguments fit none, else the
+    // first whose launch method cannot run here, else none knew the method.
+    let mut no_room: Option<(usize, String)> = None;
+    let mut too_large: Option<(usize, u64)> = None;
+    let mut unavailable: Option<String> = None;
     for k in 0..pilots.len() {
         let i = (start + k) % pilots.len();
-        match pilots[i].never_fits(&shape) {
+        let p = &pilots[i];
+        if let Some(f) = wire_args {
+            let limit = p
+                .desc
+                .max_message_bytes
+                .saturating_sub(run_message_overhead(p, d, &f.name));
+            if f.args.len() as u64 > limit {
+                if too_large.is_none_or(|(_, l)| l < limit) {
+                    too_large = Some((i, limit));
+                }
+                continue;
+            }
+        }
+        let span_nodes = match method {
+            None => span,
+            Some(m) => match p.methods.get(m) {
+                None => continue,
+                // A launch method is the user's code: a panic in it is
+                // the method being unavailable, not a panic of ours.
+                Some(lm) => {
+                    match catch_unwind(AssertUnwindSafe(|| lm.check().map(|()| lm.spans_nodes()))) {
+                        Ok(Ok(spans)) => spans,
+                        Ok(Err(reason)) => {
+                            unavailable.get_or_insert(reason);
+                            continue;
+                        }
+                        Err(p) => {
+                            unavailable.get_or_insert(format!(
+                                "its check panicked: {}",
+                                crate::launch::threads::panic_message(&*p)
+                            ));
+                            continue;
+                        }
+                    }
+                }
+            },
+        };
+        let shape = Shape {
+            ranks: d.ranks,
+            cores: d.cores_per_rank,
+            gpu_units: Shape::gpu_units(g),
+            mem: d.mem_per_rank,
+            span_nodes,
+        };
+        match p.never_fits(&shape) {
             None => {
                 return Ok(Prepared {
                     pilot: i,
@@ -1044,18 +1206,72 @@ fn prepare(
                     func,
                 })
             }
-            Some(w) if why.is_none() => why = Some((i, w)),
-            Some(_) => {}
+            Some(w) => {
+                no_room.get_or_insert((i, w));
+            }
         }
     }
-    let (i, detail) = why.unwrap_or((0, String::new()));
-    Err(PilotError::InsufficientResources {
+    if let Some((i, detail)) = no_room {
+        return Err(PilotError::InsufficientResources {
+            task: label(),
+            pilot: pilots[i].id.clone(),
+            asked: d.total_resources(),
+            available: pilots[i].total,
+            detail,
+        });
+    }
+    if let (Some((i, limit)), Some(f)) = (too_large, wire_args) {
+        return Err(PilotError::ArgumentsTooLarge {
+            task: label(),
+            pilot: pilots[i].id.clone(),
+            size: f.args.len() as u64,
+            limit,
+            max_message_bytes: pilots[i].desc.max_message_bytes,
+        });
+    }
+    let method = method.unwrap_or_default().to_string();
+    if let Some(reason) = unavailable {
+        return Err(PilotError::LauncherUnavailable {
+            task: label(),
+            method,
+            reason,
+        });
+    }
+    let mut known: Vec<&str> = pilots
+        .iter()
+        .flat_map(|p| p.methods.keys().map(String::as_str))
+        .collect();
+    known.sort_unstable();
+    known.dedup();
+    Err(PilotError::UnknownLaunchMethod {
         task: label(),
-        pilot: pilots[i].id.clone(),
-        asked: d.total_resources(),
-        available: pilots[i].total,
-        detail,
+        method,
+        known: known.join(", "),
     })
+}
+
+/// An upper bound of the bytes of a `Run` message to a worker besides the
+/// task's arguments (see `wire::RunMsg`): the fixed fields, the function's
+/// name, the rank's CPUs and GPUs, its sandbox path and its rendezvous.
+fn run_message_overhead(p: &PilotShared, d: &TaskDescription, func: &str) -> u64 {
+    let gpus = if d.gpus_per_rank > 0.0 {
+        d.gpus_per_rank.ceil().max(1.0) as u64
+    } else {
+        0
+    };
+    // Paths under the pilot's directories, with room for the task's name.
+    let sandbox = p.sandbox.as_os_str().len() as u64 + 64;
+    let store = p.runtime.as_os_str().len() as u64 + 64;
+    let fixed: u64 = 5 + 8 + 4 * 4 + 4 + 4 + 4 + 4 + 4 + 1 + 4 + 4 + 8 * 3 + 64;
+    [
+        func.len() as u64,
+        (d.cores_per_rank as u64).saturating_mul(4),
+        gpus.saturating_mul(16),
+        sandbox,
+        store,
+    ]
+    .into_iter()
+    .fold(fixed, u64::saturating_add)
 }
 
 /// Rejects dependency cycles among the tasks of one batch (by name).

@@ -142,8 +142,27 @@ pub enum FailReason {
     },
     /// The task could not be launched (spawn failed, worker start failed).
     Launch(String),
+    /// The task's launch method could not give it command lines to run: it
+    /// returned an error, panicked, or returned commands that cannot run
+    /// (see [`LaunchMethod`](crate::LaunchMethod)).
+    LaunchMethod {
+        /// The launch method's name.
+        method: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The task's communicator could not be created.
     Comm(String),
+    /// A rank's result was too large for the message that takes it back
+    /// from its worker process (see
+    /// [`PilotDescription::max_message_bytes`](crate::PilotDescription::max_message_bytes)).
+    ResultTooLarge {
+        /// The size of the result in bytes.
+        size: u64,
+        /// The pilot's message limit (the result and a few dozen bytes of
+        /// other fields).
+        limit: u64,
+    },
     /// A dependency ended FAILED or CANCELED, so this task never ran.
     DependencyFailed {
         /// The dependency.
@@ -178,7 +197,15 @@ impl fmt::Display for FailReason {
                 write!(f, "worker process {worker} crashed: {status}")
             }
             FailReason::Launch(m) => write!(f, "launch failed: {m}"),
+            FailReason::LaunchMethod { method, reason } => {
+                write!(f, "launch method {method} failed: {reason}")
+            }
             FailReason::Comm(m) => write!(f, "communicator creation failed: {m}"),
+            FailReason::ResultTooLarge { size, limit } => write!(
+                f,
+                "its result of {size} bytes does not fit the {limit}-byte message limit \
+                 (max_message_bytes)"
+            ),
             FailReason::DependencyFailed { dependency, state } => {
                 write!(f, "dependency {dependency} ended {state}")
             }

@@ -61,6 +61,8 @@ pub(crate) struct TaskInner {
     pub(crate) comm_ns: u64,
     /// Transitions of earlier attempts (only for retried tasks).
     pub(crate) history: Vec<(TaskState, u64)>,
+    /// Why each earlier attempt failed (only for retried tasks).
+    pub(crate) failures: Vec<FailReason>,
     pub(crate) waiters: u32,
 }
 
@@ -157,9 +159,11 @@ impl Task {
     }
 
     /// Like [`wait`](Self::wait) for at most `timeout`; `None` if the task
-    /// is not final by then.
+    /// is not final by then. A timeout too long to represent waits forever.
     pub fn wait_timeout(&self, timeout: Duration) -> Option<TaskState> {
-        let deadline = Instant::now() + timeout;
+        let Some(deadline) = Instant::now().checked_add(timeout) else {
+            return Some(self.wait());
+        };
         let mut g = self.shared.lock();
         loop {
             if let Some(s) = g.state.filter(|s| s.is_final()) {
@@ -189,9 +193,17 @@ impl Task {
             .send(AgentEvent::Cancel(self.shared.id));
     }
 
-    /// Why it failed or was canceled.
+    /// Why it failed or was canceled: the reason of its final attempt
+    /// (`None` while it runs and once it is DONE, retried or not; see
+    /// [`failed_attempts`](Self::failed_attempts) for earlier attempts).
     pub fn reason(&self) -> Option<FailReason> {
         self.shared.lock().reason.clone()
+    }
+
+    /// Why each earlier attempt failed, in order: one entry per retry used
+    /// (empty for a task that was not retried).
+    pub fn failed_attempts(&self) -> Vec<FailReason> {
+        self.shared.lock().failures.clone()
     }
 
     /// The last lines of stderr of a failed executable, or the output of a

@@ -10,8 +10,18 @@ pub(crate) const RUN: u8 = 2;
 pub(crate) const EXIT: u8 = 3;
 pub(crate) const DONE: u8 = 4;
 
-/// The largest frame accepted (arguments and results included).
-const MAX_FRAME: usize = 1 << 30;
+/// The largest frame accepted by default (arguments and results included):
+/// 1 GiB. A pilot sets its own with
+/// [`PilotDescription::max_message_bytes`](crate::PilotDescription::max_message_bytes).
+pub(crate) const DEFAULT_MAX_FRAME: u64 = 1 << 30;
+
+/// The smallest frame limit a pilot may set (the fixed fields of the
+/// largest frames fit many times over).
+pub(crate) const MIN_MAX_FRAME: u64 = 4096;
+
+/// The bytes of a `Done` frame besides its payload: the length and kind,
+/// the fixed fields and the payload's length.
+pub(crate) const DONE_OVERHEAD: u64 = 4 + 1 + 8 + 4 + 4 + 8 + 8 + 8 + 1 + 4;
 
 /// Builds one frame.
 pub(crate) struct Enc {
@@ -52,6 +62,11 @@ impl Enc {
 
     pub(crate) fn str(&mut self, v: &str) -> &mut Self {
         self.bytes(v.as_bytes())
+    }
+
+    /// The frame's length on the wire so far, its length prefix included.
+    pub(crate) fn len(&self) -> u64 {
+        self.buf.len() as u64
     }
 
     /// The finished frame.
@@ -119,9 +134,9 @@ impl<'a> Dec<'a> {
     }
 }
 
-/// Reads one frame into `buf` and returns its kind; `Ok(None)` at a clean
-/// end of stream.
-pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Option<u8>> {
+/// Reads one frame of at most `max` bytes (its length prefix included)
+/// into `buf` and returns its kind; `Ok(None)` at a clean end of stream.
+pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, max: u64) -> io::Result<Option<u8>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
@@ -129,10 +144,10 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> io::Result<Opt
         Err(e) => return Err(e),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len == 0 || len > MAX_FRAME {
+    if len == 0 || len as u64 + 4 > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes refused"),
+            format!("frame of {} bytes refused (limit {max})", len as u64 + 4),
         ));
     }
     buf.resize(len, 0);
@@ -268,6 +283,8 @@ pub(crate) enum Status {
     Error = 1,
     Panic = 2,
     Comm = 3,
+    /// The result did not fit a frame: the payload is its size (u64).
+    TooLarge = 4,
 }
 
 /// A rank's result, sent back by a worker.
@@ -284,6 +301,26 @@ pub(crate) struct DoneMsg {
 }
 
 impl DoneMsg {
+    /// This message made to fit a frame of `max` bytes: a result too large
+    /// becomes a [`Status::TooLarge`] report of its size; an error message
+    /// too large is cut.
+    pub(crate) fn fit(mut self, max: u64) -> DoneMsg {
+        let size = self.payload.len() as u64;
+        if DONE_OVERHEAD.saturating_add(size) <= max {
+            return self;
+        }
+        if self.status == Status::Ok {
+            self.status = Status::TooLarge;
+            self.payload = size.to_le_bytes().to_vec();
+        } else {
+            const CUT: &[u8] = b" ... (cut to fit the message limit)";
+            let keep = max.saturating_sub(DONE_OVERHEAD + CUT.len() as u64) as usize;
+            self.payload.truncate(keep);
+            self.payload.extend_from_slice(CUT);
+        }
+        self
+    }
+
     pub(crate) fn encode(&self, e: &mut Enc) {
         e.u64(self.task)
             .u32(self.attempt)
@@ -307,6 +344,7 @@ impl DoneMsg {
                 0 => Status::Ok,
                 1 => Status::Error,
                 2 => Status::Panic,
+                4 => Status::TooLarge,
                 _ => Status::Comm,
             },
             payload: d.bytes()?.to_vec(),
@@ -352,9 +390,15 @@ mod tests {
         run.encode(&mut e);
         let mut r = std::io::Cursor::new(e.finish().to_vec());
         let mut buf = Vec::new();
-        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), Some(RUN));
+        assert_eq!(
+            read_frame(&mut r, &mut buf, DEFAULT_MAX_FRAME).unwrap(),
+            Some(RUN)
+        );
         assert_eq!(RunMsg::decode(&mut Dec::new(&buf)).unwrap(), run);
-        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), None);
+        assert_eq!(
+            read_frame(&mut r, &mut buf, DEFAULT_MAX_FRAME).unwrap(),
+            None
+        );
 
         let done = DoneMsg {
             task: 7,
@@ -369,7 +413,10 @@ mod tests {
         let mut e = Enc::new(DONE);
         done.encode(&mut e);
         let mut r = std::io::Cursor::new(e.finish().to_vec());
-        assert_eq!(read_frame(&mut r, &mut buf).unwrap(), Some(DONE));
+        assert_eq!(
+            read_frame(&mut r, &mut buf, DEFAULT_MAX_FRAME).unwrap(),
+            Some(DONE)
+        );
         assert_eq!(DoneMsg::decode(&mut Dec::new(&buf)).unwrap(), done);
         // Truncated input is an error, not a panic.
         assert!(DoneMsg::decode(&mut Dec::new(&buf[..5])).is_err());

@@ -36,7 +36,7 @@
 
 use crate::{
     launch::{
-        pool::{ENV_CORE, ENV_CPUS, ENV_MODE, ENV_SOCKET, ENV_TOKEN},
+        pool::{ENV_CORE, ENV_CPUS, ENV_MAX_FRAME, ENV_MODE, ENV_SOCKET, ENV_TOKEN},
         threads::panic_message,
     },
     registry::TaskContext,
@@ -118,8 +118,16 @@ fn pool_main(registry: &Registry) -> i32 {
             return 2;
         }
     };
+    let max_frame = max_frame_from_env();
     // Programs this worker's tasks start must not become workers.
-    for k in [ENV_MODE, ENV_SOCKET, ENV_CORE, ENV_TOKEN, ENV_CPUS] {
+    for k in [
+        ENV_MODE,
+        ENV_SOCKET,
+        ENV_CORE,
+        ENV_TOKEN,
+        ENV_CPUS,
+        ENV_MAX_FRAME,
+    ] {
         std::env::remove_var(k);
     }
     install_panic_hook();
@@ -150,10 +158,11 @@ fn pool_main(registry: &Registry) -> i32 {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut buf = Vec::new();
     loop {
-        match wire::read_frame(&mut reader, &mut buf) {
+        match wire::read_frame(&mut reader, &mut buf, max_frame) {
             Ok(Some(wire::RUN)) => {
                 let done = match RunMsg::decode(&mut Dec::new(&buf)) {
-                    Ok(msg) => run_rank(registry, &msg, &mut pinned),
+                    // A result the agent would refuse is reported as such.
+                    Ok(msg) => run_rank(registry, &msg, &mut pinned).fit(max_frame),
                     Err(e) => {
                         eprintln!("deeprc-pilot worker: bad frame: {e}");
                         return 4;
@@ -299,12 +308,20 @@ fn mpi_result_path(dir: &Path, rank: usize) -> PathBuf {
     dir.join(format!("rank.{rank}.done"))
 }
 
+/// The agent's message limit, as it passed it (the default if it did not).
+fn max_frame_from_env() -> u64 {
+    std::env::var(ENV_MAX_FRAME)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(wire::DEFAULT_MAX_FRAME)
+}
+
 /// Reads the result an `mpi`-mode rank left in the task's sandbox.
-pub(crate) fn read_mpi_result(dir: &Path, rank: usize) -> Option<DoneMsg> {
+pub(crate) fn read_mpi_result(dir: &Path, rank: usize, max_frame: u64) -> Option<DoneMsg> {
     let bytes = std::fs::read(mpi_result_path(dir, rank)).ok()?;
     let mut cur = std::io::Cursor::new(bytes);
     let mut buf = Vec::new();
-    match wire::read_frame(&mut cur, &mut buf) {
+    match wire::read_frame(&mut cur, &mut buf, max_frame) {
         Ok(Some(wire::DONE)) => DoneMsg::decode(&mut Dec::new(&buf)).ok(),
         _ => None,
     }
@@ -346,7 +363,9 @@ fn mpi_main(registry: &Registry) -> i32 {
         eprintln!("deeprc-pilot worker: DEEPRC_PILOT_TASK_FILE is not set");
         return 2;
     };
+    let max_frame = max_frame_from_env();
     std::env::remove_var(ENV_MODE);
+    std::env::remove_var(ENV_MAX_FRAME);
     install_panic_hook();
     let bytes = match std::fs::read(&file) {
         Ok(b) => b,
@@ -357,7 +376,10 @@ fn mpi_main(registry: &Registry) -> i32 {
     };
     let mut cur = std::io::Cursor::new(bytes);
     let mut buf = Vec::new();
-    if !matches!(wire::read_frame(&mut cur, &mut buf), Ok(Some(wire::RUN))) {
+    if !matches!(
+        wire::read_frame(&mut cur, &mut buf, max_frame),
+        Ok(Some(wire::RUN))
+    ) {
         eprintln!("deeprc-pilot worker: {file} is not a task description");
         return 2;
     }
@@ -378,7 +400,7 @@ fn mpi_main(registry: &Registry) -> i32 {
     };
     let setup = t0.elapsed();
     msg.rank = comm.rank() as u32;
-    let done = execute(registry, &msg, Some((comm, setup)));
+    let done = execute(registry, &msg, Some((comm, setup))).fit(max_frame);
     let mut e = Enc::new(wire::DONE);
     done.encode(&mut e);
     let dir = PathBuf::from(msg.sandbox);

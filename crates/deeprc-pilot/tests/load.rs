@@ -172,7 +172,7 @@ fn without_task_records_memory_does_not_grow_with_tasks() {
         .submit(PilotDescription::local())
         .unwrap();
     let tm = session.task_manager();
-    tm.add_pilot(&pilot);
+    tm.add_pilot(&pilot).unwrap();
     let make = || TaskDescription::function("null");
     run(&tm, 20_000, 10_000, &make);
     let before = Reading::now();

@@ -8,6 +8,8 @@
 //! bug shows as a failure instead of a hang.
 
 mod common;
+#[path = "pilot/robustness.rs"]
+mod robustness;
 
 use common::setup;
 use deeprc_pilot::{
@@ -826,7 +828,7 @@ fn function_sandboxes_and_profiles() {
         .submit(local(4).worker_executable(common::host()))
         .unwrap();
     let tm = session.task_manager();
-    tm.add_pilot(&pilot);
+    tm.add_pilot(&pilot).unwrap();
     let sb = tm
         .submit(
             TaskDescription::function("sandbox")

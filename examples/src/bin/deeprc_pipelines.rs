@@ -236,7 +236,7 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
         .pilot_manager()
         .submit(PilotDescription::local().cores(cpus.max(a.ranks)))?;
     let tm = session.task_manager();
-    tm.add_pilot(&pilot);
+    tm.add_pilot(&pilot)?;
     let t_pilot = Instant::now();
     let mut hydros = Vec::new();
     for fw in &a.frameworks {

@@ -65,7 +65,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         pilot.nodes().len()
     );
     let tmgr = session.task_manager();
-    tmgr.add_pilot(&pilot);
+    tmgr.add_pilot(&pilot)?;
     tmgr.register_callback(|t, state| {
         if state.is_final() {
             let why = t.reason().map(|r| format!(" ({r})")).unwrap_or_default();

@@ -70,6 +70,12 @@ pub struct CommandSpec {
 }
 
 /// Builds the command lines of an executable task (see the module docs).
+///
+/// The agent checks what [`commands`](Self::commands) returns: at least
+/// one command, each with a program (a non-empty `argv[0]`), and every rank
+/// of the placement in exactly one command's `ranks`. A method that
+/// returns anything else, an `Err` or panics fails the task with
+/// [`FailReason::LaunchMethod`](crate::FailReason::LaunchMethod).
 pub trait LaunchMethod: Send + Sync + fmt::Debug {
     /// The name task descriptions use (`fork`, `mpirun`).
     fn name(&self) -> &str;
@@ -81,6 +87,34 @@ pub trait LaunchMethod: Send + Sync + fmt::Debug {
     }
     /// The processes to start.
     fn commands(&self, req: &LaunchRequest<'_>) -> Result<Vec<CommandSpec>, String>;
+}
+
+/// Why `specs` cannot start the `ranks` ranks of a task, if they cannot (see
+/// [`LaunchMethod`]).
+pub(crate) fn check_commands(specs: &[CommandSpec], ranks: usize) -> Result<(), String> {
+    if specs.is_empty() {
+        return Err("it returned no command".to_string());
+    }
+    let mut covered = vec![false; ranks];
+    for (i, spec) in specs.iter().enumerate() {
+        if spec.argv.first().is_none_or(|p| p.is_empty()) {
+            return Err(format!("command {i} has an empty argv"));
+        }
+        if spec.ranks.is_empty() {
+            return Err(format!("command {i} stands for no rank"));
+        }
+        for &r in &spec.ranks {
+            match covered.get_mut(r) {
+                None => return Err(format!("command {i} names rank {r} of {ranks}")),
+                Some(true) => return Err(format!("rank {r} is in two commands")),
+                Some(c) => *c = true,
+            }
+        }
+    }
+    match covered.iter().position(|c| !c) {
+        Some(r) => Err(format!("no command runs rank {r} of {ranks}")),
+        None => Ok(()),
+    }
 }
 
 /// One process per rank, started directly. A multi-rank task's processes

@@ -14,6 +14,7 @@ use std::{
     collections::HashMap,
     fs::{File, OpenOptions},
     os::unix::process::{CommandExt, ExitStatusExt},
+    panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError},
@@ -28,9 +29,9 @@ pub(crate) struct SpawnJob {
     pub(crate) sandbox: PathBuf,
     pub(crate) cwd: PathBuf,
     pub(crate) pre_exec: Vec<String>,
-    /// A function task under `mpirun`: read this many ranks' results from
-    /// the sandbox when the launcher exits.
-    pub(crate) mpi_results: Option<usize>,
+    /// A function task under `mpirun`: read this many ranks' results, each
+    /// of at most this many bytes, from the sandbox when the launcher exits.
+    pub(crate) mpi_results: Option<(usize, u64)>,
 }
 
 #[derive(Default)]
@@ -80,24 +81,27 @@ impl ProcessExecutor {
         }
     }
 
-    pub(crate) fn launch(&self, job: SpawnJob) {
-        self.table.lock().insert(job.task.0, ProcEntry::default());
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(job);
+    /// Hands a task's processes to the spawner threads; fails when there
+    /// is none to take them (none could be started).
+    pub(crate) fn launch(&self, job: SpawnJob) -> Result<(), FailReason> {
+        let task = job.task.0;
+        self.table.lock().insert(task, ProcEntry::default());
+        let sent = match &self.tx {
+            Some(tx) if !self.threads.is_empty() => tx.send(job).is_ok(),
+            _ => false,
+        };
+        if !sent {
+            self.table.lock().remove(&task);
+            return Err(FailReason::Launch(
+                "no spawner thread could be started".to_string(),
+            ));
         }
+        Ok(())
     }
 
     /// Kills every process of the task (its process groups).
     pub(crate) fn kill(&self, task: u64) {
-        let mut g = self.table.lock();
-        if let Some(e) = g.get_mut(&task) {
-            e.killed = true;
-            for &pid in &e.pids {
-                if let Ok(r) = reaper() {
-                    r.signal_group(pid, Signal::SIGKILL);
-                }
-            }
-        }
+        kill_entry(&self.table, task);
     }
 
     pub(crate) fn forget(&self, task: u64) {
@@ -108,6 +112,18 @@ impl ProcessExecutor {
         self.tx = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+    }
+}
+
+fn kill_entry(table: &ProcTable, task: u64) {
+    let mut g = table.lock();
+    if let Some(e) = g.get_mut(&task) {
+        e.killed = true;
+        for &pid in &e.pids {
+            if let Ok(r) = reaper() {
+                r.signal_group(pid, Signal::SIGKILL);
+            }
         }
     }
 }
@@ -128,7 +144,23 @@ fn spawner(
         let Ok(job) = job else {
             return;
         };
-        spawn_job(job, &table, &events, pin, &all_cpus, &mut pinned);
+        let (task, attempt, specs) = (job.task, job.attempt, job.specs.clone());
+        let spawned = catch_unwind(AssertUnwindSafe(|| {
+            spawn_job(job, &table, &events, pin, &all_cpus, &mut pinned)
+        }));
+        if let Err(p) = spawned {
+            // A bug, not a failure of the task's programs: fail the whole
+            // attempt (its processes, if any started, are killed) and keep
+            // this thread for the next task.
+            let why = FailReason::Launch(format!(
+                "the spawner thread failed: {}",
+                crate::launch::threads::panic_message(&*p)
+            ));
+            kill_entry(&table, task.0);
+            for spec in &specs {
+                report(&events, task, attempt, spec, why.clone());
+            }
+        }
     }
 }
 
@@ -138,10 +170,20 @@ fn report_failure(
     spec: &CommandSpec,
     reason: FailReason,
 ) {
+    report(events, job.task, job.attempt, spec, reason);
+}
+
+fn report(
+    events: &mpsc::Sender<AgentEvent>,
+    task: TaskId,
+    attempt: u32,
+    spec: &CommandSpec,
+    reason: FailReason,
+) {
     let now = now_ns();
     let _ = events.send(AgentEvent::Rank(RankDone {
-        task: job.task,
-        attempt: job.attempt,
+        task,
+        attempt,
         rank: spec.ranks.first().copied().unwrap_or(0) as u32,
         ranks: spec.ranks.len().max(1) as u32,
         exec_start: 0,
@@ -198,7 +240,7 @@ fn spawn_job(
                     events,
                     &job,
                     spec,
-                    FailReason::Launch(format!("redirecting output: {e}")),
+                    FailReason::Launch(format!("preparing the command: {e}")),
                 );
                 continue;
             }
@@ -246,9 +288,15 @@ fn build_command(
     out: &File,
     err: &File,
 ) -> std::io::Result<Command> {
+    let Some((program, args)) = spec.argv.split_first() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the command has an empty argv",
+        ));
+    };
     let mut cmd = if job.pre_exec.is_empty() {
-        let mut c = Command::new(&spec.argv[0]);
-        c.args(&spec.argv[1..]);
+        let mut c = Command::new(program);
+        c.args(args);
         c
     } else {
         // set -e: a failing pre-exec command fails the task.
@@ -280,16 +328,18 @@ fn exit_handler(
     let attempt = job.attempt;
     let rank = spec.ranks.first().copied().unwrap_or(0) as u32;
     let ranks = spec.ranks.len().max(1) as u32;
-    let mpi = job.mpi_results.map(|n| (n, job.sandbox.clone()));
+    let mpi = job
+        .mpi_results
+        .map(|(n, max_frame)| (n, max_frame, job.sandbox.clone()));
     let start = now_ns();
     Box::new(move |status: std::io::Result<ExitStatus>| {
         let end = now_ns();
         let (outcome, code) = outcome_of(status);
-        if let Some((n, dir)) = mpi {
+        if let Some((n, max_frame, dir)) = mpi {
             for r in 0..n {
-                let rd = crate::worker::read_mpi_result(&dir, r)
+                let rd = crate::worker::read_mpi_result(&dir, r, max_frame)
                     .map(|done| {
-                        let mut rd = crate::launch::pool::rank_done_of(done);
+                        let mut rd = crate::launch::pool::rank_done_of(done, max_frame);
                         rd.exec_start = rd.exec_start.max(start);
                         rd
                     })

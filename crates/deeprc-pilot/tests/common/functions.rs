@@ -91,6 +91,10 @@ pub(crate) fn registry() -> Registry {
             allowed,
         ))
     });
+    // Returns `n` bytes (a large result from small arguments).
+    r.register_typed("big", |_ctx: &TaskContext, n: usize| {
+        Ok::<_, String>(vec![7u8; n])
+    });
     // Writes a file into the sandbox and returns its path.
     r.register("sandbox", |ctx: &TaskContext, _args: &[u8]| {
         let dir = ctx.sandbox().ok_or("no sandbox")?;

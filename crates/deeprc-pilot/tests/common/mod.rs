@@ -73,6 +73,6 @@ pub(crate) fn setup_in(
     };
     let pilot = session.pilot_manager().submit(desc).unwrap();
     let tmgr = session.task_manager();
-    tmgr.add_pilot(&pilot);
+    tmgr.add_pilot(&pilot).unwrap();
     (session, pilot, tmgr, dir)
 }
