@@ -72,6 +72,9 @@ pub struct HydroSummary {
     pub windows: [u64; 3],
     /// (epoch, train loss, validation MSE).
     pub curve: Vec<(usize, f64, f64)>,
+    /// (gauge, why) of the basins left out: no day with both forcing and
+    /// streamflow.
+    pub dropped: Vec<(String, String)>,
 }
 
 /// The arguments of `forecast_train` and `forecast_predict`.
@@ -215,6 +218,11 @@ pub fn hydrology_task(comm: Arc<dyn Communicator>, args: &HydroTask) -> Result<H
         rows: r.rows,
         windows: r.trained.windows,
         curve: r.trained.curve.clone(),
+        dropped: r
+            .dropped
+            .iter()
+            .map(|d| (d.gauge.clone(), d.reason.clone()))
+            .collect(),
     })
 }
 

@@ -84,7 +84,8 @@ fn hydrology_preprocessing_joins_the_next_days_forcing_to_each_days_flow() {
     let out = local::launch(2, |c| {
         let comm: Arc<dyn Communicator> = Arc::new(c);
         let t = hydrology::preprocess(&comm, &data())?;
-        Ok::<_, deeprc_examples::PipelineError>(t.gather(0)?)
+        assert!(t.dropped.is_empty(), "{:?}", t.dropped);
+        Ok::<_, deeprc_examples::PipelineError>(t.table.gather(0)?)
     })
     .unwrap();
     let t = out[0].as_ref().unwrap();
@@ -317,5 +318,79 @@ fn more_ranks_than_windows_and_a_truncated_file_are_errors_that_say_so() {
     std::fs::write(dir.join("ETT-small/ETTh1.csv"), cut).unwrap();
     let err = local::launch(1, |c| pipelines::forecast_train_task(Arc::new(c), &a)).unwrap_err();
     assert!(err.to_string().contains("ETTh1.csv"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A copy of the 4 basins (links to the forcing and attribute files) whose
+/// streamflow of the gauges in `shift` is moved back 28 years (leap days
+/// stay leap days), so that
+/// they share no day with their forcing.
+fn camels_with_shifted_flow(dir: &Path, shift: &[&str]) -> PathBuf {
+    let src = data().join("camels_us_4basins");
+    let root = dir.join("camels_us_4basins");
+    for sub in ["daymet", "attributes", "usgs_streamflow"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    for sub in ["daymet", "attributes"] {
+        for e in std::fs::read_dir(src.join(sub)).unwrap() {
+            let e = e.unwrap();
+            let _ = std::os::unix::fs::symlink(e.path(), root.join(sub).join(e.file_name()));
+        }
+    }
+    for e in std::fs::read_dir(src.join("usgs_streamflow")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let text = if shift.iter().any(|g| name.starts_with(g)) {
+            text.lines()
+                .map(|l| {
+                    let mut f: Vec<String> = l.split_whitespace().map(str::to_string).collect();
+                    f[1] = (f[1].parse::<i32>().unwrap() - 28).to_string();
+                    f.join(" ") + "\n"
+                })
+                .collect()
+        } else {
+            text
+        };
+        std::fs::write(root.join("usgs_streamflow").join(name), text).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+#[test]
+fn a_basin_without_overlapping_dates_is_named_and_the_others_go_on() {
+    let dir = scratch("no-overlap");
+    let data = camels_with_shifted_flow(&dir, &["02064000"]);
+    let out = local::launch(2, |c| {
+        let comm: Arc<dyn Communicator> = Arc::new(c);
+        let p = hydrology::preprocess(&comm, &data)?;
+        Ok::<_, deeprc_examples::PipelineError>((p.dropped, p.table.num_rows()?))
+    })
+    .unwrap();
+    let (dropped, rows) = &out[0];
+    println!("{dropped:?}");
+    assert_eq!(out[1].0, *dropped, "every rank knows");
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(dropped[0].gauge, "02064000");
+    assert!(
+        dropped[0].reason.contains("1972-01-01") && dropped[0].reason.contains("1974-12-31"),
+        "names both ranges: {}",
+        dropped[0].reason
+    );
+    assert!(dropped[0].reason.contains("2000-"), "{}", dropped[0].reason);
+    assert!(*rows > 3000, "the three other basins stay: {rows}");
+
+    let dir = scratch("no-overlap-all");
+    let data = camels_with_shifted_flow(&dir, &["0"]);
+    let err = local::launch(2, |c| {
+        hydrology::preprocess(&(Arc::new(c) as Arc<dyn Communicator>), &data).map(|_| ())
+    })
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("no basin has forcing and streamflow"), "{msg}");
+    assert!(
+        msg.contains("01022500") && msg.contains("03015500"),
+        "{msg}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

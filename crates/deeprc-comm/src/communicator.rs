@@ -92,6 +92,72 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// The operations of [`Communicator`], by name: what a backend reports when
+/// it says which operations run where (see
+/// [`NcclComm::host_fallback_ops`](crate::nccl::NcclComm::host_fallback_ops)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum CommOp {
+    /// [`Communicator::send`].
+    Send,
+    /// [`Communicator::recv`].
+    Recv,
+    /// [`Communicator::barrier`].
+    Barrier,
+    /// [`Communicator::broadcast`].
+    Broadcast,
+    /// [`Communicator::gather`].
+    Gather,
+    /// [`Communicator::all_gather`].
+    AllGather,
+    /// [`Communicator::all_to_all_v`].
+    AllToAllV,
+    /// [`Communicator::all_reduce_raw`] (and the typed all-reduces).
+    AllReduce,
+    /// [`Communicator::split`].
+    Split,
+    /// [`Communicator::all_to_all_objects`].
+    AllToAllObjects,
+}
+
+impl CommOp {
+    /// Every operation, in the order of the trait.
+    pub const ALL: [CommOp; 10] = [
+        CommOp::Send,
+        CommOp::Recv,
+        CommOp::Barrier,
+        CommOp::Broadcast,
+        CommOp::Gather,
+        CommOp::AllGather,
+        CommOp::AllToAllV,
+        CommOp::AllReduce,
+        CommOp::Split,
+        CommOp::AllToAllObjects,
+    ];
+
+    /// The method's name, e.g. `"all_to_all_v"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommOp::Send => "send",
+            CommOp::Recv => "recv",
+            CommOp::Barrier => "barrier",
+            CommOp::Broadcast => "broadcast",
+            CommOp::Gather => "gather",
+            CommOp::AllGather => "all_gather",
+            CommOp::AllToAllV => "all_to_all_v",
+            CommOp::AllReduce => "all_reduce",
+            CommOp::Split => "split",
+            CommOp::AllToAllObjects => "all_to_all_objects",
+        }
+    }
+}
+
+impl fmt::Display for CommOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Reduction operators of [`Communicator::all_reduce_raw`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
@@ -161,7 +227,10 @@ reducible!(u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32,
 ///
 /// All collectives must be called by every rank of the communicator in the
 /// same order. Every blocking call returns within the communicator's timeout
-/// when a peer dies or hangs ([`CommError::Timeout`], [`CommError::PeerLost`]).
+/// when a peer dies or hangs ([`CommError::Timeout`], [`CommError::PeerLost`]),
+/// on every backend (on MPI through nonblocking MPI calls polled until the
+/// deadline; a collective that timed out there leaves its communicator
+/// unusable for collectives, see [`crate::mpi`]).
 ///
 /// Payloads are [`Bytes`]: on the local (threads) backend they are handed to
 /// the receiving thread without a copy.

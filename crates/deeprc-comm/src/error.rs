@@ -80,6 +80,26 @@ pub enum CommError {
         /// Why it was refused.
         reason: String,
     },
+    /// A peer speaks another version of the tcp wire protocol (for example
+    /// version 1, which sent the job token in clear).
+    #[error("{from} speaks tcp protocol version {theirs}, this side speaks version {ours}")]
+    VersionMismatch {
+        /// The remote address.
+        from: String,
+        /// The version this side speaks.
+        ours: u8,
+        /// The version the peer's frame carries.
+        theirs: u8,
+    },
+    /// A rendezvous directory or file that others could write to (or that
+    /// another user owns): a local user could then plant addresses in it.
+    #[error("insecure rendezvous store {path}: {reason}")]
+    InsecureStore {
+        /// The directory or file.
+        path: String,
+        /// What is wrong with its permissions.
+        reason: String,
+    },
     /// A frame announced more bytes than the configured limit.
     #[error("frame of {len} bytes from {from} exceeds the limit of {limit} bytes")]
     FrameTooLarge {

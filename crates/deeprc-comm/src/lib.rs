@@ -7,7 +7,8 @@
 //! The trait is object safe and byte-oriented (point-to-point, barrier,
 //! broadcast, gather, all-gather, variable all-to-all, all-reduce, split);
 //! typed helpers are in [`CommunicatorExt`]. Every blocking call fails within
-//! the configured timeout ([`CommConfig`]) when a peer dies or hangs.
+//! the configured timeout ([`CommConfig`]) when a peer dies or hangs, on
+//! every backend (MPI included).
 //!
 //! ```
 //! use deeprc_comm::{local, Communicator, CommunicatorExt, ReduceOp};
@@ -69,7 +70,8 @@ pub mod nccl;
 pub mod nccl;
 
 pub use communicator::{
-    pod_vec, AnyBox, Backend, Communicator, CommunicatorExt, DType, ReduceOp, Reducible, Tag,
+    pod_vec, AnyBox, Backend, CommOp, Communicator, CommunicatorExt, DType, ReduceOp, Reducible,
+    Tag,
 };
 pub use config::CommConfig;
 pub use error::{CommError, Result};

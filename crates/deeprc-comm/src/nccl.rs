@@ -48,12 +48,25 @@
 //!   promises rank order. They go through an NCCL all-gather and are reduced
 //!   on the host in rank order, so the bits equal every other backend's.
 //!   Use [`NcclComm::all_reduce_device`] for fast float reductions.
-//! - `send`/`recv`, `barrier`, `gather`, `all_to_all_v` and `split` are
-//!   delegated to the host communicator (NCCL point-to-point works on device
-//!   buffers of equal, known sizes; these operations move host bytes of
-//!   sizes the receiver does not know). `split` returns a sub-communicator
-//!   *of the host communicator*; make an NCCL one from it with
-//!   [`NcclComm::from_host`].
+//! - `send`/`recv`, `barrier`, `gather`, `all_to_all_v` and `split` are a
+//!   **host fallback**: they are delegated to the host communicator (NCCL
+//!   point-to-point works on device buffers of equal, known sizes; these
+//!   operations move host bytes of sizes the receiver does not know), even
+//!   though [`Communicator::backend`] says `Nccl`. `split` returns a
+//!   sub-communicator *of the host communicator*; make an NCCL one from it
+//!   with [`NcclComm::from_host`].
+//!
+//! What runs where is also a value, so that callers can check instead of
+//! reading this page: [`NcclComm::host_fallback_ops`],
+//! [`NcclComm::nccl_ops`], [`NcclComm::route`] (an [`NcclRoute`]) and
+//! [`NcclComm::backend_name`] (`nccl+tcp`, `nccl+mpi`...).
+//!
+//! | operation | route |
+//! |---|---|
+//! | `broadcast`, `all_gather` | NCCL (staged through device memory) |
+//! | `all_reduce` | NCCL; float sums and products: NCCL all-gather, host reduction |
+//! | `send`, `recv`, `barrier`, `gather`, `all_to_all_v`, `split` | host fallback |
+//! | `all_to_all_objects` | unsupported (ranks are processes or GPUs) |
 //!
 //! # Timeouts
 //!
@@ -90,7 +103,7 @@
 
 use crate::{
     communicator::{check_elements, reduce_bytes},
-    Backend, CommError, Communicator, DType, ReduceOp, Result, Tag,
+    Backend, CommError, CommOp, Communicator, DType, ReduceOp, Result, Tag,
 };
 use bytes::Bytes;
 use cudarc::{
@@ -109,7 +122,7 @@ use std::{
 /// name its types (`CudaSlice`, `CudaStream`...) without a version clash.
 pub use cudarc;
 
-pub use crate::nccl_types::{DeviceInfo, NcclOptions, NcclVersion};
+pub use crate::nccl_types::{DeviceInfo, NcclOptions, NcclRoute, NcclVersion};
 
 mod sealed {
     pub trait Sealed {}
@@ -306,7 +319,7 @@ impl fmt::Debug for NcclComm {
             .field("rank", &self.rank())
             .field("size", &self.size())
             .field("device", &self.device)
-            .field("host", &self.host.backend())
+            .field("backend", &self.backend_name())
             .field("options", &self.options)
             .finish_non_exhaustive()
     }
@@ -543,6 +556,40 @@ impl NcclComm {
     /// The settings of this communicator.
     pub fn options(&self) -> &NcclOptions {
         &self.options
+    }
+
+    /// The operations of this communicator's [`Communicator`]
+    /// implementation that do **not** run on NCCL: they are delegated to
+    /// the host communicator ([`NcclRoute::Host`]) even though
+    /// [`Communicator::backend`] says [`Backend::Nccl`]. They are `send`,
+    /// `recv`, `barrier`, `gather`, `all_to_all_v` and `split`.
+    pub fn host_fallback_ops() -> &'static [CommOp] {
+        &crate::nccl_types::HOST_FALLBACK_OPS
+    }
+
+    /// The operations that go through NCCL: `broadcast`, `all_gather` and
+    /// `all_reduce` (see [`NcclComm::all_reduce_route`] for float sums).
+    pub fn nccl_ops() -> &'static [CommOp] {
+        &crate::nccl_types::NCCL_OPS
+    }
+
+    /// Where `op` runs on this backend.
+    pub fn route(op: CommOp) -> NcclRoute {
+        crate::nccl_types::route(op)
+    }
+
+    /// Where an all-reduce of `dtype` with `op` runs: float sums and
+    /// products are all-gathered by NCCL and reduced on the host.
+    pub fn all_reduce_route(dtype: DType, op: ReduceOp) -> NcclRoute {
+        crate::nccl_types::all_reduce_route(dtype, op)
+    }
+
+    /// The backend with its host fallback, e.g. `nccl+tcp`:
+    /// [`Communicator::backend`] says only [`Backend::Nccl`], while the
+    /// operations of [`NcclComm::host_fallback_ops`] run on the host
+    /// backend named after the `+`.
+    pub fn backend_name(&self) -> String {
+        crate::nccl_types::backend_label(self.host.backend())
     }
 
     /// Whether an earlier failure (timeout, NCCL error) aborted the NCCL
@@ -875,21 +922,26 @@ impl Communicator for NcclComm {
         self.host.size()
     }
 
+    /// [`Backend::Nccl`] for every operation; which ones really run on
+    /// NCCL: [`NcclComm::route`], [`NcclComm::backend_name`].
     fn backend(&self) -> Backend {
         Backend::Nccl
     }
 
-    /// Delegated to the host communicator.
+    /// Host fallback ([`NcclRoute::Host`]): delegated to the host
+    /// communicator, NCCL is not involved.
     fn send(&self, dest: usize, tag: Tag, data: Bytes) -> Result<()> {
         self.host.send(dest, tag, data)
     }
 
-    /// Delegated to the host communicator.
+    /// Host fallback ([`NcclRoute::Host`]): delegated to the host
+    /// communicator, NCCL is not involved.
     fn recv(&self, source: usize, tag: Tag) -> Result<Bytes> {
         self.host.recv(source, tag)
     }
 
-    /// Delegated to the host communicator.
+    /// Host fallback ([`NcclRoute::Host`]): delegated to the host
+    /// communicator, NCCL is not involved.
     fn barrier(&self) -> Result<()> {
         self.host.barrier()
     }
@@ -942,7 +994,8 @@ impl Communicator for NcclComm {
         Ok(Bytes::from(host))
     }
 
-    /// Delegated to the host communicator.
+    /// Host fallback ([`NcclRoute::Host`]): delegated to the host
+    /// communicator, NCCL is not involved.
     fn gather(&self, root: usize, data: Bytes) -> Result<Option<Vec<Bytes>>> {
         self.host.gather(root, data)
     }
@@ -965,7 +1018,8 @@ impl Communicator for NcclComm {
             .collect())
     }
 
-    /// Delegated to the host communicator.
+    /// Host fallback ([`NcclRoute::Host`]): delegated to the host
+    /// communicator, NCCL is not involved.
     fn all_to_all_v(&self, parts: Vec<Bytes>) -> Result<Vec<Bytes>> {
         self.host.all_to_all_v(parts)
     }
@@ -1011,9 +1065,9 @@ impl Communicator for NcclComm {
         }
     }
 
-    /// Delegated to the host communicator: the result is a sub-communicator
-    /// of the host backend, not an NCCL one (make one with
-    /// [`NcclComm::from_host`]).
+    /// Host fallback ([`NcclRoute::Host`]): delegated to the host
+    /// communicator; the result is a sub-communicator of the host backend,
+    /// not an NCCL one (make one with [`NcclComm::from_host`]).
     fn split(&self, color: Option<u32>, key: i64) -> Result<Option<Arc<dyn Communicator>>> {
         self.host.split(color, key)
     }

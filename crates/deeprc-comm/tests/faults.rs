@@ -81,7 +81,12 @@ fn hostile(addr: &str, bytes: &[u8]) -> bool {
 }
 
 fn header(kind: u8, ctx: u64, tag: u64, len: u64) -> Vec<u8> {
-    let mut h = b"DRC1".to_vec();
+    versioned_header(b'2', kind, ctx, tag, len)
+}
+
+/// A header of protocol version `v` (`b'1'`: the plaintext-token protocol).
+fn versioned_header(v: u8, kind: u8, ctx: u64, tag: u64, len: u64) -> Vec<u8> {
+    let mut h = vec![b'D', b'R', b'C', v];
     h.push(kind);
     h.extend_from_slice(&ctx.to_le_bytes());
     h.extend_from_slice(&tag.to_le_bytes());
@@ -96,10 +101,15 @@ fn unauthenticated_and_oversized_frames_are_refused() {
     let kids = common::spawn_ranks(2, "fault_rank", &store, &env(&dir, "auth"));
     let addr = wait_for_file(&dir.join("addr"));
 
-    // 1. A hello with the wrong token, claiming to be rank 1.
+    // 1. The old plaintext hello (protocol 1), even with the right token.
+    let token = b"test-token-0123456789";
+    let mut legacy = versioned_header(b'1', 1, 1, 2, token.len() as u64);
+    legacy.extend_from_slice(token);
+    assert!(hostile(&addr, &legacy), "a plaintext hello was not refused");
+    // 1b. A hello that is not one of protocol 2 (a bare guessed token).
     let mut wrong = header(1, 1, 2, 5);
     wrong.extend_from_slice(b"guess");
-    assert!(hostile(&addr, &wrong), "wrong token was not refused");
+    assert!(hostile(&addr, &wrong), "a malformed hello was not refused");
     // 2. A forged frame announcing 1 TiB.
     assert!(
         hostile(&addr, &header(0, 0, 0, 1 << 40)),
@@ -118,10 +128,11 @@ fn unauthenticated_and_oversized_frames_are_refused() {
         let line = common::result_line(&out);
         if r == 0 {
             assert!(
-                line.starts_with("ok sum=3 refusals=3"),
+                line.starts_with("ok sum=3 refusals=4"),
                 "rank 0: {line}\n{out}"
             );
-            assert!(line.contains("wrong job token"), "{line}");
+            assert!(line.contains("protocol version 1"), "{line}");
+            assert!(line.contains("Hello of 5 bytes"), "{line}");
             assert!(line.contains("exceeds the limit"), "{line}");
             assert!(line.contains("bad magic"), "{line}");
         } else {

@@ -271,6 +271,20 @@ fn mpi_a_dying_rank_brings_the_job_down() {
     );
 }
 
+#[test]
+fn mpi_blocking_calls_time_out_when_a_rank_does_not_take_part() {
+    // Rank 0 never sends what rank 1 waits for, and rank 1 never joins the
+    // collectives rank 0 waits in: each gets CommError::Timeout naming the
+    // operation within the short timeout, instead of hanging.
+    let job = mpirun(2, "mpi_timeout_rank", Duration::from_secs(120));
+    assert_all_ok(2, "mpi_timeout_rank", &job);
+    assert!(
+        job.elapsed < Duration::from_secs(60),
+        "took {:?}",
+        job.elapsed
+    );
+}
+
 // ------------------------------------------- entry points of the ranks
 
 /// Runs `body` in a rank; prints `RESULT ok <what> rank r` or `RESULT err
@@ -585,4 +599,104 @@ fn mpi_dying_rank() {
     }
     let got = comm.recv(1, 0);
     println!("RESULT unexpected {got:?} rank {}", comm.rank());
+}
+
+/// The timeout of the timeout test, and how much later than it the error
+/// may come on a loaded machine.
+const SHORT: Duration = Duration::from_millis(500);
+const SLACK: Duration = Duration::from_secs(5);
+
+/// `r` must be a `Timeout` of `op` that came after `SHORT` and well within
+/// `SHORT + SLACK` of `start`.
+fn timed_out<T: std::fmt::Debug>(
+    op: &str,
+    peer: usize,
+    start: Instant,
+    r: Result<T, CommError>,
+) -> Result<String, CommError> {
+    let took = start.elapsed();
+    match r {
+        Err(CommError::Timeout {
+            op: o,
+            peer: p,
+            after,
+        }) if o == op && p == peer => {
+            check(after >= SHORT, format!("{op}: waited only {after:?}"))?;
+            check(
+                took < SHORT + SLACK,
+                format!("{op}: returned after {took:?}"),
+            )?;
+            Ok(format!("{op}:{}ms", took.as_millis()))
+        }
+        other => Err(CommError::InvalidArgument {
+            op: "test",
+            reason: format!("{op}: expected a timeout naming it, got {other:?}"),
+        }),
+    }
+}
+
+#[test]
+#[ignore = "entry point of mpirun ranks"]
+fn mpi_timeout_rank() {
+    use deeprc_comm::mpi::UNKNOWN_PEER;
+    rank_main(|| {
+        check(expected_n() == 2, "runs on 2 ranks")?;
+        let world = MpiComm::world()?.with_timeout(Duration::from_secs(60));
+        // One communicator per case: a collective that timed out spoils
+        // its communicator for collectives.
+        let c = (0..5)
+            .map(|_| world.duplicate().map(|d| d.with_timeout(SHORT)))
+            .collect::<Result<Vec<_>, _>>()?;
+        check(c[0].timeout() == SHORT, "the timeout is set")?;
+        let me = world.rank();
+        let mut seen = Vec::new();
+        if me == 1 {
+            // Rank 0 never sends on tag 7.
+            let t = Instant::now();
+            seen.push(timed_out("recv", 0, t, c[0].recv(0, 7))?);
+            // Nor on a tag MPI cannot carry (the escaped path).
+            let t = Instant::now();
+            seen.push(timed_out("recv", 0, t, c[0].recv(0, u32::MAX))?);
+        } else {
+            // Rank 1 never joins these.
+            let t = Instant::now();
+            seen.push(timed_out("barrier", UNKNOWN_PEER, t, c[1].barrier())?);
+            let mut v = vec![1.0f64; 1 << 16];
+            let t = Instant::now();
+            let r = c[2].all_reduce(&mut v, ReduceOp::Sum);
+            seen.push(timed_out("all_reduce", UNKNOWN_PEER, t, r)?);
+            check(
+                v.iter().all(|&x| x == 1.0),
+                "the caller's buffer is untouched",
+            )?;
+            let parts = vec![Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; 1000])];
+            let t = Instant::now();
+            let r = c[3].all_to_all_v(parts);
+            seen.push(timed_out("all_to_all_v", UNKNOWN_PEER, t, r)?);
+            let t = Instant::now();
+            let r = c[4].broadcast(1, Bytes::new());
+            seen.push(timed_out("broadcast", UNKNOWN_PEER, t, r)?);
+            // A spoiled communicator refuses collectives at once.
+            let t = Instant::now();
+            let again = c[1].all_gather(Bytes::from_static(b"x"));
+            check(
+                matches!(&again, Err(CommError::PeerLost { reason, .. }) if reason.contains("barrier timed out")),
+                format!("a later collective: {again:?}"),
+            )?;
+            check(t.elapsed() < SHORT, "refused without waiting")?;
+        }
+        // Both ranks are here: point-to-point still works on the spoiled
+        // communicators, and on the one whose receives timed out.
+        world.barrier()?;
+        for comm in &c[..2] {
+            if me == 0 {
+                comm.send(1, 3, Bytes::from_static(b"still"))?;
+            } else {
+                let got = comm.recv(0, 3)?;
+                check(&got[..] == b"still", "a message after the timeouts")?;
+            }
+        }
+        world.barrier()?;
+        Ok((format!("{} rank {me}", seen.join(" ")), None))
+    });
 }

@@ -9,8 +9,8 @@
 use deeprc_comm::{
     conformance::{run_all, Sizes},
     local,
-    nccl::{self, NcclComm, NcclOptions, NcclVersion},
-    Backend, CommError, Communicator, CommunicatorExt, DType, ReduceOp,
+    nccl::{self, NcclComm, NcclOptions, NcclRoute, NcclVersion},
+    Backend, CommError, CommOp, Communicator, CommunicatorExt, DType, ReduceOp,
 };
 use std::{
     sync::{mpsc, Arc},
@@ -164,9 +164,50 @@ fn one_gpu_rank_collectives_and_conformance_or_unavailable() {
     }
 }
 
+#[test]
+fn host_fallback_operations_are_reported() {
+    // What the trait's `backend()` (always `Nccl`) does not say.
+    let fallback = NcclComm::host_fallback_ops();
+    assert_eq!(
+        fallback,
+        [
+            CommOp::Send,
+            CommOp::Recv,
+            CommOp::Barrier,
+            CommOp::Gather,
+            CommOp::AllToAllV,
+            CommOp::Split
+        ]
+    );
+    assert_eq!(
+        NcclComm::nccl_ops(),
+        [CommOp::Broadcast, CommOp::AllGather, CommOp::AllReduce]
+    );
+    for op in CommOp::ALL {
+        let want = if fallback.contains(&op) {
+            NcclRoute::Host
+        } else if NcclComm::nccl_ops().contains(&op) {
+            NcclRoute::Nccl
+        } else {
+            NcclRoute::Unsupported
+        };
+        assert_eq!(NcclComm::route(op), want, "{op}");
+    }
+    assert_eq!(
+        NcclComm::all_reduce_route(DType::F32, ReduceOp::Sum),
+        NcclRoute::NcclGatherHostReduce
+    );
+    assert_eq!(
+        NcclComm::all_reduce_route(DType::U32, ReduceOp::Sum),
+        NcclRoute::Nccl
+    );
+}
+
 fn one_rank_checks(c: &NcclComm) -> Result<usize, CommError> {
     assert_eq!((c.rank(), c.size(), c.device()), (0, 1, 0));
     assert!(!c.is_aborted());
+    assert_eq!(c.backend(), Backend::Nccl);
+    assert_eq!(c.backend_name(), "nccl+local", "the host fallback is named");
     let s = c.stream();
 
     // Device buffers.

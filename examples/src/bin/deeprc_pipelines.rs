@@ -483,6 +483,9 @@ fn write_report(
                 &rows,
             ),
         )?;
+        for (g, why) in &h.dropped {
+            md.push_str(&format!("\nBasin {g} left out: {why}.\n"));
+        }
         md.push_str(&format!(
             "\nMedian NSE {:.3} (climatology {:.3}); {} rows after preprocessing; windows train/val/test {:?}; {} steps; preprocessing {:.2} s, training {:.1} s. Hydrographs: `hydrology/{fw}/hydrograph_*.png`; predictions: `hydrology/{fw}/predictions.parquet`; learning curve: `plots/hydrology_{fw}_loss.png`.\n\n",
             h.median_nse, h.median_climatology, h.rows, h.windows, h.steps, h.preprocess_seconds, h.train_seconds

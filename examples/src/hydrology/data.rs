@@ -25,11 +25,16 @@ use deeprc_bridge::arrow::array::{ArrayRef, Date32Array, Float64Array, StringArr
 use deeprc_comm::Communicator;
 use deeprc_frame::io::camels::CamelsKind;
 use deeprc_frame::{Agg, DistTable, JoinOptions, JoinType, SortKey, Table};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The Daymet forcings the model reads.
-pub const FORCINGS: [&str; 5] = ["prcp", "srad", "tmax", "tmin", "vp"];
+/// The Daymet forcings the model reads: Kratzert et al.'s five (precipitation,
+/// shortwave radiation, maximum and minimum temperature, vapour pressure)
+/// and the day length, which NeuralHydrology's CAMELS-US configurations add
+/// (see `docs/benchmarks.md`, "Accuracy: CAMELS-US"). Daymet's `swe` is
+/// left out: it is zero throughout in these files.
+pub const FORCINGS: [&str; 6] = ["dayl", "prcp", "srad", "tmax", "tmin", "vp"];
 
 /// The static attributes (file of `attributes/camels_<file>.txt`, column),
 /// a subset of Kratzert et al.'s 27 that varies between the four basins.
@@ -150,21 +155,112 @@ fn read_attribute_file(path: &Path, cols: &[&str]) -> Result<Table> {
     Ok(Table::from_columns(columns)?)
 }
 
-/// The preprocessed table: one row per (gauge, date) with the forcings of
-/// the next day, the attributes, `q_mm` (observed flow in mm/day) and `doy`
-/// (day of the year), every gauge whole on one rank, sorted by date.
+/// A basin of the input files that the preprocessed table does not hold,
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedBasin {
+    /// The gauge id.
+    pub gauge: String,
+    /// What was missing (e.g. "no streamflow file", or the two date ranges
+    /// that do not overlap).
+    pub reason: String,
+}
+
+/// The outcome of [`preprocess`].
+#[derive(Debug)]
+pub struct Preprocessed {
+    /// One row per (gauge, date) with the forcings of the next day, the
+    /// attributes, `q_mm` (observed flow in mm/day) and `doy` (day of the
+    /// year), every gauge whole on one rank, sorted by date.
+    pub table: DistTable,
+    /// Basins with forcing or flow but no day with both (the same on every
+    /// rank); the pipeline goes on without them and reports them.
+    pub dropped: Vec<DroppedBasin>,
+}
+
+/// Gauge -> (rows, first day, last day) of `t`, on every rank.
+fn date_ranges(t: &DistTable) -> Result<BTreeMap<String, (i64, i32, i32)>> {
+    let g = t
+        .group_by(
+            &["gauge"],
+            &[
+                Agg::count("date").alias("n"),
+                Agg::min("date").alias("first"),
+                Agg::max("date").alias("last"),
+            ],
+        )?
+        .with_column_sql("first_day", "CAST(first AS INT)")?
+        .with_column_sql("last_day", "CAST(last AS INT)")?
+        .all_gather()?;
+    let gauges = g.column_as::<String>("gauge")?;
+    let n = g.column_as::<i64>("n")?;
+    let first = g.column_as::<i32>("first_day")?;
+    let last = g.column_as::<i32>("last_day")?;
+    Ok(gauges
+        .into_iter()
+        .zip(n)
+        .zip(first.into_iter().zip(last))
+        .filter_map(|((g, n), (a, b))| Some((g?, (n?, a?, b?))))
+        .collect())
+}
+
+/// `YYYY-MM-DD` of days since 1970-01-01.
+fn iso_date(days: i32) -> String {
+    deeprc_bridge::arrow::temporal_conversions::date32_to_datetime(days).map_or_else(
+        || format!("day {days}"),
+        |d| d.format("%Y-%m-%d").to_string(),
+    )
+}
+
+/// The basins of `forcing` or `flow` that `joined` lacks, with the reason.
+fn dropped_basins(
+    forcing: &DistTable,
+    flow: &DistTable,
+    joined: &DistTable,
+) -> Result<Vec<DroppedBasin>> {
+    let (f, q, j) = (
+        date_ranges(forcing)?,
+        date_ranges(flow)?,
+        date_ranges(joined)?,
+    );
+    let all: BTreeSet<&String> = f.keys().chain(q.keys()).collect();
+    Ok(all
+        .into_iter()
+        .filter(|g| !j.contains_key(*g))
+        .map(|g| {
+            let reason = match (f.get(g), q.get(g)) {
+                (Some(_), None) => "no streamflow (file missing or every value missing)".into(),
+                (None, Some(_)) => "no forcing file".into(),
+                (Some(a), Some(b)) => format!(
+                    "no day with both forcing ({} to {}) and streamflow ({} to {})",
+                    iso_date(a.1),
+                    iso_date(a.2),
+                    iso_date(b.1),
+                    iso_date(b.2)
+                ),
+                (None, None) => "no data".into(),
+            };
+            DroppedBasin {
+                gauge: g.clone(),
+                reason,
+            }
+        })
+        .collect())
+}
+
+/// Reads and preprocesses CAMELS-US (see [`Preprocessed`]).
 ///
 /// # Errors
 /// [`PipelineError::Frame`] naming a missing or malformed file;
 /// [`PipelineError::Invalid`] when no basin has overlapping forcing and
-/// flow.
-pub fn preprocess(comm: &Arc<dyn Communicator>, data: &Path) -> Result<DistTable> {
+/// flow (naming each basin and its date ranges).
+pub fn preprocess(comm: &Arc<dyn Communicator>, data: &Path) -> Result<Preprocessed> {
     let root = data.join("camels_us_4basins");
-    let forcing = DistTable::read_camels(Arc::clone(comm), &root, CamelsKind::Forcing)?;
+    let raw_forcing = DistTable::read_camels(Arc::clone(comm), &root, CamelsKind::Forcing)?;
     let flow = DistTable::read_camels(Arc::clone(comm), &root, CamelsKind::Streamflow)?;
     let mut keep: Vec<&str> = vec!["gauge", "day_before"];
     keep.extend(FORCINGS);
-    let forcing = forcing
+    let forcing = raw_forcing
         .with_column_sql("day_before", "date - INTERVAL '1 day'")?
         .project(&keep)?
         .rename(&[("day_before", "date")])?;
@@ -196,12 +292,21 @@ pub fn preprocess(comm: &Arc<dyn Communicator>, data: &Path) -> Result<DistTable
         .with_column_sql("doy", "CAST(date_part('doy', date) AS DOUBLE)")?
         .shuffle(&["gauge"])?
         .map_partitions(|t| t.sort(&[SortKey::asc("gauge"), SortKey::asc("date")]))?;
+    let dropped = dropped_basins(&raw_forcing, &flow, &joined)?;
     if table.num_rows()? == 0 {
-        return Err(PipelineError::Invalid(
-            "no basin has forcing and streamflow on the same dates".into(),
-        ));
+        let why: Vec<String> = dropped
+            .iter()
+            .map(|d| format!("{}: {}", d.gauge, d.reason))
+            .collect();
+        return Err(PipelineError::Invalid(format!(
+            "no basin has forcing and streamflow on the same dates ({})",
+            why.join("; ")
+        )));
     }
-    Ok(table)
+    for d in &dropped {
+        tracing::warn!(gauge = %d.gauge, reason = %d.reason, "basin left out of the hydrology pipeline");
+    }
+    Ok(Preprocessed { table, dropped })
 }
 
 /// Builds the prediction table of this rank.

@@ -5,8 +5,8 @@
 pub mod data;
 pub mod train;
 
-pub use data::{climatology, nse_per_basin, preprocess};
-pub use train::{train_and_predict, Framework, HydroOptions, Trained};
+pub use data::{climatology, nse_per_basin, preprocess, DroppedBasin, Preprocessed};
+pub use train::{train_and_predict, Framework, HydroLoss, HydroOptions, Trained};
 
 use crate::error::Result;
 use deeprc_comm::Communicator;
@@ -33,6 +33,8 @@ pub struct HydroReport {
     pub preprocess_seconds: f64,
     /// Rows after preprocessing (all ranks).
     pub rows: u64,
+    /// Basins of the files left out (no day with both forcing and flow).
+    pub dropped: Vec<DroppedBasin>,
 }
 
 /// Reads CAMELS-US from `data`, preprocesses it, trains and tests the LSTM,
@@ -43,7 +45,7 @@ pub struct HydroReport {
 /// no overlapping dates, a lost peer).
 pub fn run(comm: Arc<dyn Communicator>, data: &Path, opts: &HydroOptions) -> Result<HydroReport> {
     let t0 = Instant::now();
-    let table = preprocess(&comm, data)?;
+    let Preprocessed { table, dropped } = preprocess(&comm, data)?;
     let rows = table.num_rows()?;
     let preprocess_seconds = t0.elapsed().as_secs_f64();
     let clim = climatology(&table)?;
@@ -76,5 +78,6 @@ pub fn run(comm: Arc<dyn Communicator>, data: &Path, opts: &HydroOptions) -> Res
         trained,
         preprocess_seconds,
         rows,
+        dropped,
     })
 }

@@ -11,7 +11,8 @@ use deeprc_bridge::{
     TimeStep, WindowDataset, WindowSpec,
 };
 use deeprc_comm::{Communicator, CommunicatorExt, ReduceOp};
-use deeprc_frame::DistTable;
+use deeprc_frame::{Agg, DistTable};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +34,19 @@ impl std::fmt::Display for Framework {
     }
 }
 
+/// The training loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HydroLoss {
+    /// Mean squared error on the z-scored flow.
+    Mse,
+    /// Kratzert et al.'s NSE*: each squared error divided by
+    /// `(σ_basin + 0.1)²`, `σ_basin` the standard deviation of the
+    /// (z-scored) flow of the sample's basin over the training days, so that
+    /// a basin with large flows does not dominate the loss (eq. 4 of the
+    /// paper).
+    NseStar,
+}
+
 /// Settings of one hydrology run.
 #[derive(Debug, Clone)]
 pub struct HydroOptions {
@@ -46,8 +60,12 @@ pub struct HydroOptions {
     pub epochs: usize,
     /// The global batch, split over the ranks (256).
     pub batch_size: usize,
-    /// Adam's learning rate (1e-3).
+    /// Adam's learning rate (1e-3) for the first third of the epochs,
+    /// halved for the second third and a tenth of it for the last
+    /// (Kratzert et al.'s 1e-3, 5e-4, 1e-4 over 30 epochs).
     pub lr: f64,
+    /// The loss (NSE*).
+    pub loss: HydroLoss,
     /// Seed of the initial weights and the shuffling.
     pub seed: u64,
     /// The framework.
@@ -65,6 +83,7 @@ impl Default for HydroOptions {
             epochs: 30,
             batch_size: 256,
             lr: 1e-3,
+            loss: HydroLoss::NseStar,
             seed: 7,
             framework: Framework::Tch,
             progress: false,
@@ -140,7 +159,16 @@ fn split_inputs(x: &[f32], b: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
 /// prediction, and the parameters as one flat vector (for the best-epoch
 /// snapshot).
 trait HydroModel {
-    fn step(&mut self, x_dyn: &[f32], x_static: &[f32], y: &[f32], b: usize) -> Result<f64>;
+    /// One step on a batch; `q_std` (one per sample) selects NSE*.
+    fn step(
+        &mut self,
+        x_dyn: &[f32],
+        x_static: &[f32],
+        y: &[f32],
+        q_std: Option<&[f32]>,
+        b: usize,
+    ) -> Result<f64>;
+    fn set_learning_rate(&mut self, lr: f64) -> Result<()>;
     fn predict(&mut self, x_dyn: &[f32], x_static: &[f32], b: usize) -> Result<Vec<f32>>;
     fn weights(&mut self) -> Result<Vec<f32>>;
     fn set_weights(&mut self, w: &[f32]) -> Result<()>;
@@ -170,6 +198,10 @@ pub fn train_and_predict(table: &DistTable, opts: &HydroOptions) -> Result<Train
         global_len(&comm, splits.test.as_ref())?,
     ];
     let scaler = splits.scaler.clone();
+    let q_std = match opts.loss {
+        HydroLoss::NseStar => Some(basin_flow_std(table, &scaler)?),
+        HydroLoss::Mse => None,
+    };
     let missing =
         |s: &str| PipelineError::Invalid(format!("no {s} windows (the data ends too early?)"));
     let train = Loader::new(
@@ -208,14 +240,33 @@ pub fn train_and_predict(table: &DistTable, opts: &HydroOptions) -> Result<Train
     let mut curve = Vec::new();
     let (mut best, mut best_w) = (f64::INFINITY, None);
     let mut steps = 0u64;
+    let train_ds = Arc::clone(train.dataset());
+    let mut batch_std = Vec::new();
     for epoch in 0..opts.epochs {
+        model.set_learning_rate(scheduled_lr(opts.lr, epoch, opts.epochs))?;
         let (mut sum, mut n) = (0.0, 0usize);
         for b in train.epoch(epoch as u64) {
             let b = b?;
             let x = b.inputs().to_vec::<f32>()?;
             let y = b.targets().to_vec::<f32>()?;
             let (xd, xs) = split_inputs(&x, b.len(), t);
-            sum += model.step(&xd, &xs, &y, b.len())?;
+            let weights = match &q_std {
+                Some(by_basin) => {
+                    batch_std.clear();
+                    for &s in b.samples() {
+                        let meta = train_ds.meta(s);
+                        let basin = meta.series.as_deref().unwrap_or_default();
+                        batch_std.push(*by_basin.get(basin).ok_or_else(|| {
+                            PipelineError::Invalid(format!(
+                                "basin {basin} has no training days for NSE*"
+                            ))
+                        })?);
+                    }
+                    Some(batch_std.as_slice())
+                }
+                None => None,
+            };
+            sum += model.step(&xd, &xs, &y, weights, b.len())?;
             n += 1;
             steps += 1;
             if let Some(bar) = &bar {
@@ -265,6 +316,33 @@ pub fn train_and_predict(table: &DistTable, opts: &HydroOptions) -> Result<Train
     })
 }
 
+/// Kratzert et al.'s schedule scaled to `epochs`: `lr` for the first
+/// third, `lr / 2` for the second, `lr / 10` for the last.
+fn scheduled_lr(lr: f64, epoch: usize, epochs: usize) -> f64 {
+    match (3 * epoch) / epochs.max(1) {
+        0 => lr,
+        1 => lr / 2.0,
+        _ => lr / 10.0,
+    }
+}
+
+/// NSE*'s `σ_basin`: the standard deviation of each basin's z-scored flow
+/// over the training days (before `VAL_START`), on every rank.
+fn basin_flow_std(table: &DistTable, scaler: &Scaler) -> Result<HashMap<String, f32>> {
+    let scale = scaler.get("q_mm")?.scale;
+    let stds = table
+        .filter_sql(&format!("CAST(date AS INT) < {VAL_START}"))?
+        .group_by(&["gauge"], &[Agg::std("q_mm").alias("q_std")])?
+        .all_gather()?;
+    let gauges = stds.column_as::<String>("gauge")?;
+    let values = stds.column_as::<f64>("q_std")?;
+    Ok(gauges
+        .into_iter()
+        .zip(values)
+        .filter_map(|(g, v)| Some((g?, (v? / scale) as f32)))
+        .collect())
+}
+
 fn unscale(scaler: &Scaler, v: f32) -> Result<f64> {
     Ok(scaler.inverse("q_mm", f64::from(v))?)
 }
@@ -307,7 +385,7 @@ mod tch_model {
     use deeprc_bridge::tch::tch_crate::{self as tch, nn, Tensor};
     use deeprc_bridge::train::{DistributedTrainer, OptimizerKind};
     use deeprc_comm::Communicator;
-    use deeprc_models::hydro::{HydroLstm, HydroLstmConfig};
+    use deeprc_models::hydro::{nse_star_loss, HydroLstm, HydroLstmConfig};
     use std::sync::Arc;
 
     pub(super) struct TchHydro {
@@ -348,11 +426,29 @@ mod tch_model {
     }
 
     impl HydroModel for TchHydro {
-        fn step(&mut self, xd: &[f32], xs: &[f32], y: &[f32], b: usize) -> Result<f64> {
+        fn step(
+            &mut self,
+            xd: &[f32],
+            xs: &[f32],
+            y: &[f32],
+            q_std: Option<&[f32]>,
+            b: usize,
+        ) -> Result<f64> {
             let (xd, xs) = self.inputs(xd, xs, b);
             let y = Tensor::from_slice(y).reshape([b as i64, 1]);
-            let loss = self.model.mse_loss(&xd, &xs, &y)?;
+            let loss = match q_std {
+                Some(q) => {
+                    let pred = self.model.forward_t(&xd, &xs, true)?;
+                    let q = Tensor::from_slice(q).reshape([b as i64, 1]);
+                    nse_star_loss(&pred, &y, &q)?
+                }
+                None => self.model.mse_loss(&xd, &xs, &y)?,
+            };
             Ok(self.trainer.step(&loss)?)
+        }
+        fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+            self.trainer.optimizer_mut().set_lr(lr);
+            Ok(())
         }
         fn predict(&mut self, xd: &[f32], xs: &[f32], b: usize) -> Result<Vec<f32>> {
             let _g = tch::no_grad_guard();
@@ -391,7 +487,17 @@ mod tch_model {
     }
 
     impl HydroModel for TchHydro {
-        fn step(&mut self, _: &[f32], _: &[f32], _: &[f32], _: usize) -> Result<f64> {
+        fn step(
+            &mut self,
+            _: &[f32],
+            _: &[f32],
+            _: &[f32],
+            _: Option<&[f32]>,
+            _: usize,
+        ) -> Result<f64> {
+            match *self {}
+        }
+        fn set_learning_rate(&mut self, _: f64) -> Result<()> {
             match *self {}
         }
         fn predict(&mut self, _: &[f32], _: &[f32], _: usize) -> Result<Vec<f32>> {
@@ -483,9 +589,21 @@ mod tf_model {
     }
 
     impl HydroModel for TfHydro {
-        fn step(&mut self, xd: &[f32], xs: &[f32], y: &[f32], _b: usize) -> Result<f64> {
+        fn step(
+            &mut self,
+            xd: &[f32],
+            xs: &[f32],
+            y: &[f32],
+            q_std: Option<&[f32]>,
+            _b: usize,
+        ) -> Result<f64> {
             let n = self.model.num_params();
-            let loss = self.model.gradients_into(xd, xs, y, &mut self.grads[..n])?;
+            let loss = match q_std {
+                Some(q) => self
+                    .model
+                    .nse_gradients_into(xd, xs, y, q, &mut self.grads[..n])?,
+                None => self.model.gradients_into(xd, xs, y, &mut self.grads[..n])?,
+            };
             self.grads[n] = loss;
             self.comm.all_reduce(&mut self.grads, ReduceOp::Sum)?;
             let w = self.comm.size() as f32;
@@ -502,6 +620,9 @@ mod tf_model {
             }
             self.model.apply_gradients(&self.grads[..n])?;
             Ok(mean)
+        }
+        fn set_learning_rate(&mut self, lr: f64) -> Result<()> {
+            Ok(self.model.set_learning_rate(lr as f32)?)
         }
         fn predict(&mut self, xd: &[f32], xs: &[f32], _b: usize) -> Result<Vec<f32>> {
             Ok(self.model.predict(xd, xs)?)

@@ -1,6 +1,14 @@
-//! Collectives over MPI's own: every variable-size collective first
-//! exchanges the sizes, then moves the bytes with the `v` variant
-//! (`MPI_Gatherv`, `MPI_Allgatherv`, `MPI_Alltoallv`).
+//! Collectives over MPI's own, in their nonblocking forms waited for at
+//! most the communicator's timeout (see `deadline.rs`): every
+//! variable-size collective first exchanges the sizes, then moves the bytes
+//! with the `v` variant (`MPI_Igatherv`, `MPI_Iallgatherv`,
+//! `MPI_Ialltoallv`).
+//!
+//! Every buffer, count and displacement array handed to MPI is owned by the
+//! wait of its call (not borrowed from the caller), so a call that times
+//! out can leak them while MPI may still use them. `all_reduce_raw`
+//! therefore reduces a copy of the caller's bytes and copies the result
+//! back.
 //!
 //! MPI counts and displacements are `int`s: whenever the bytes one rank
 //! would send or receive in one call exceed the communicator's chunk size
@@ -9,38 +17,33 @@
 //! rank decides the same way because every rank knows the sizes that decide
 //! (an all-gather of the sizes, or one small all-reduce for all-to-all).
 
-use super::{backend_err, Inner, MpiComm};
+use super::{
+    backend_err,
+    deadline::{recv_ptr, send_ptr},
+    Inner, MpiComm,
+};
 use crate::{communicator::check_elements, CommError, DType, ReduceOp, Result};
 use ::mpi::{
     collective::SystemOperation,
-    datatype::{DatatypeRef, DynBuffer, DynBufferMut, Equivalence, Partition, PartitionMut},
+    datatype::{DatatypeRef, Equivalence},
     ffi,
     topology::{Color, Rank},
-    traits::{AsRaw, Communicator as _, CommunicatorCollectives, Root},
+    traits::{AsRaw, Communicator as _},
     Count,
 };
 use bytes::Bytes;
-use std::{os::raw::c_void, sync::Arc};
+use std::sync::Arc;
 
-/// Backs empty buffers with a real address: the dangling pointer of an
-/// empty slice of bytes is `0x1`, which OpenMPI reads as `MPI_IN_PLACE`.
-static NOTHING: [u8; 1] = [0];
-
-fn send_buf(s: &[u8]) -> &[u8] {
-    if s.is_empty() {
-        &NOTHING[..0]
-    } else {
-        s
-    }
+fn bytes_type() -> ffi::MPI_Datatype {
+    u8::equivalent_datatype().as_raw()
 }
 
-/// Like [`send_buf`] for receive buffers, backed by `spare` when empty.
-fn recv_buf<'a>(s: &'a mut [u8], spare: &'a mut [u8; 1]) -> &'a mut [u8] {
-    if s.is_empty() {
-        &mut spare[..0]
-    } else {
-        s
-    }
+fn u64_type() -> ffi::MPI_Datatype {
+    u64::equivalent_datatype().as_raw()
+}
+
+fn count(len: usize) -> Result<Count> {
+    Count::try_from(len).map_err(|_| backend_err(format!("internal: an MPI count of {len}")))
 }
 
 /// Prefix sums: part `i` lies at `offs[i]..offs[i + 1]`.
@@ -115,62 +118,89 @@ impl MpiComm {
         Ok(root as Rank)
     }
 
-    /// Every rank's `value`, in rank order.
-    fn all_gather_u64(&self, op: &'static str, value: u64) -> Result<Vec<u64>> {
-        let mut all = vec![0u64; self.size_()];
-        let _e = self.inner.rt.enter(op)?;
-        self.inner.comm.all_gather_into(&value, &mut all[..]);
+    /// Every rank's `mine` (the same number of values on every rank),
+    /// concatenated in rank order (`MPI_Iallgather`).
+    fn all_gather_u64s(&self, op: &'static str, mine: &[u64]) -> Result<Vec<u64>> {
+        let send = mine.to_vec();
+        let mut all = vec![0u64; mine.len() * self.size_()];
+        let k = count(mine.len())?;
+        let (sp, rp, comm) = (
+            send_ptr(send.as_ptr().cast(), send.len()),
+            recv_ptr(&mut all),
+            self.raw(),
+        );
+        // SAFETY: `send` holds `k` u64s and `all` `k * size`; both are
+        // owned by the wait below (leaked if it times out), so they outlive
+        // the call.
+        let req = self.start(op, "MPI_Iallgather", |req| unsafe {
+            ffi::MPI_Iallgather(sp, k, u64_type(), rp, k, u64_type(), comm, req)
+        })?;
+        let (_send, all) = self.wait(op, req, (send, all))?;
         Ok(all)
     }
 
-    /// Element-wise maximum of `values` over the ranks.
+    /// Element-wise maximum of `values` over the ranks (`MPI_Iallreduce`).
     fn all_max_u64<const N: usize>(&self, op: &'static str, values: [u64; N]) -> Result<[u64; N]> {
-        let mut out = [0u64; N];
-        let _e = self.inner.rt.enter(op)?;
-        self.inner
-            .comm
-            .all_reduce_into(&values[..], &mut out[..], SystemOperation::max());
-        Ok(out)
+        let send = values.to_vec();
+        let mut out = vec![0u64; N];
+        let k = count(N)?;
+        let (sp, rp, comm) = (
+            send_ptr(send.as_ptr().cast(), N),
+            recv_ptr(&mut out),
+            self.raw(),
+        );
+        let max = SystemOperation::max().as_raw();
+        // SAFETY: both vectors hold `N` u64s and are owned by the wait
+        // below (leaked if it times out).
+        let req = self.start(op, "MPI_Iallreduce", |req| unsafe {
+            ffi::MPI_Iallreduce(sp, rp, k, u64_type(), max, comm, req)
+        })?;
+        let (_send, out) = self.wait(op, req, (send, out))?;
+        let mut r = [0u64; N];
+        r.copy_from_slice(&out);
+        Ok(r)
+    }
+
+    /// `value` of rank `root` on every rank (`MPI_Ibcast`).
+    fn broadcast_u64(&self, op: &'static str, root: Rank, value: u64) -> Result<u64> {
+        let mut buf = vec![value];
+        let (bp, comm) = (recv_ptr(&mut buf), self.raw());
+        // SAFETY: `buf` holds one u64 and is owned by the wait below.
+        let req = self.start(op, "MPI_Ibcast", |req| unsafe {
+            ffi::MPI_Ibcast(bp, 1, u64_type(), root, comm, req)
+        })?;
+        Ok(self.wait(op, req, buf)?[0])
     }
 
     pub(super) fn barrier_(&self) -> Result<()> {
         self.reap_sends();
-        let _e = self.inner.rt.enter("barrier")?;
-        self.inner.comm.barrier();
-        Ok(())
+        self.ibarrier("barrier")
     }
 
     pub(super) fn broadcast_(&self, root: usize, data: Bytes) -> Result<Bytes> {
+        const OP: &str = "broadcast";
+        self.check_usable(OP)?;
         self.reap_sends();
         let root_c = self.check_root(root)?;
         let me = self.rank_();
-        let mut len = [if me == root { data.len() as u64 } else { 0 }];
-        {
-            let _e = self.inner.rt.enter("broadcast")?;
-            self.inner
-                .comm
-                .process_at_rank(root_c)
-                .broadcast_into(&mut len[..]);
-        }
-        let len = to_usize(len[0])?;
-        let chunk = self.chunk;
+        let len = self.broadcast_u64(OP, root_c, if me == root { data.len() as u64 } else { 0 })?;
+        let len = to_usize(len)?;
+        let (chunk, comm) = (self.chunk, self.raw());
         if me == root {
             let mut at = 0;
             while at < len {
                 let end = (at + chunk).min(len);
-                let _e = self.inner.rt.enter("broadcast")?;
-                // SAFETY: on the root MPI_Bcast only reads the buffer: `end -
-                // at` (at most `chunk`, an int) bytes of `data` at `at`.
-                let rc = unsafe {
-                    ffi::MPI_Bcast(
-                        data.as_ptr().add(at).cast_mut().cast::<c_void>(),
-                        (end - at) as Count,
-                        u8::equivalent_datatype().as_raw(),
-                        root_c,
-                        self.inner.comm.as_raw(),
-                    )
-                };
-                super::p2p::check_rc(rc, "MPI_Bcast")?;
+                let n = count(end - at)?;
+                // SAFETY: `at < len == data.len()`, so the pointer is inside
+                // `data`.
+                let p = unsafe { data.as_ptr().add(at) };
+                // SAFETY: on the root MPI_Ibcast only reads the buffer: `n`
+                // bytes of `data` at `at`; the wait below owns a handle to
+                // `data`'s bytes (leaked if it times out).
+                let req = self.start(OP, "MPI_Ibcast", |req| unsafe {
+                    ffi::MPI_Ibcast(p.cast_mut().cast(), n, bytes_type(), root_c, comm, req)
+                })?;
+                self.wait(OP, req, data.clone())?;
                 at = end;
             }
             return Ok(data);
@@ -179,11 +209,15 @@ impl MpiComm {
         let mut at = 0;
         while at < len {
             let end = (at + chunk).min(len);
-            let _e = self.inner.rt.enter("broadcast")?;
-            self.inner
-                .comm
-                .process_at_rank(root_c)
-                .broadcast_into(&mut out[at..end]);
+            let n = count(end - at)?;
+            // SAFETY: `at < len == out.len()`: inside `out`.
+            let p = unsafe { out.as_mut_ptr().add(at) };
+            // SAFETY: MPI writes `n` bytes at `p`, inside `out`, which the
+            // wait below owns (leaked if it times out).
+            let req = self.start(OP, "MPI_Ibcast", |req| unsafe {
+                ffi::MPI_Ibcast(p.cast(), n, bytes_type(), root_c, comm, req)
+            })?;
+            out = self.wait(OP, req, out)?;
             at = end;
         }
         Ok(out.into())
@@ -198,7 +232,7 @@ impl MpiComm {
         skip: Option<usize>,
     ) -> Result<Vec<usize>> {
         let mut counts = self
-            .all_gather_u64(op, len as u64)?
+            .all_gather_u64s(op, &[len as u64])?
             .into_iter()
             .map(to_usize)
             .collect::<Result<Vec<_>>>()?;
@@ -208,37 +242,89 @@ impl MpiComm {
         Ok(counts)
     }
 
+    /// One `MPI_Igatherv` (`root` given) or `MPI_Iallgatherv` (`None`):
+    /// `send` from every rank, `pieces[i]` bytes of rank `i` into `recv` in
+    /// rank order (on the root, or everywhere). Returns `recv`.
+    fn gatherv(
+        &self,
+        op: &'static str,
+        root: Option<Rank>,
+        send: Bytes,
+        mut recv: Vec<u8>,
+        pieces: &[usize],
+    ) -> Result<Vec<u8>> {
+        let n = self.size_();
+        let counts = counts_c(pieces)?;
+        let displs = counts_c(&offsets(pieces)?[..n])?;
+        let scount = count(send.len())?;
+        let sp = send_ptr(send.as_ptr(), send.len());
+        let (rp, cp, dp, comm) = (
+            recv_ptr(&mut recv),
+            counts.as_ptr(),
+            displs.as_ptr(),
+            self.raw(),
+        );
+        let req = match root {
+            // SAFETY: `send` holds `scount` bytes; on the root `recv` holds
+            // the sum of `counts` bytes at `displs`; elsewhere the receive
+            // arguments are not used. The wait below owns all four buffers
+            // (leaked if it times out).
+            Some(root) => self.start(op, "MPI_Igatherv", |req| unsafe {
+                ffi::MPI_Igatherv(
+                    sp,
+                    scount,
+                    bytes_type(),
+                    rp,
+                    cp,
+                    dp,
+                    bytes_type(),
+                    root,
+                    comm,
+                    req,
+                )
+            })?,
+            // SAFETY: as above, with `recv` the size of the sum of `counts`
+            // on every rank.
+            None => self.start(op, "MPI_Iallgatherv", |req| unsafe {
+                ffi::MPI_Iallgatherv(
+                    sp,
+                    scount,
+                    bytes_type(),
+                    rp,
+                    cp,
+                    dp,
+                    bytes_type(),
+                    comm,
+                    req,
+                )
+            })?,
+        };
+        let (_send, recv, _counts, _displs) = self.wait(op, req, (send, recv, counts, displs))?;
+        Ok(recv)
+    }
+
     pub(super) fn gather_(&self, root: usize, data: Bytes) -> Result<Option<Vec<Bytes>>> {
+        const OP: &str = "gather";
+        self.check_usable(OP)?;
         self.reap_sends();
         let root_c = self.check_root(root)?;
         let (me, n) = (self.rank_(), self.size_());
-        let counts = self.gathered_counts("gather", data.len(), Some(root))?;
+        let counts = self.gathered_counts(OP, data.len(), Some(root))?;
         let offs = offsets(&counts)?;
         let total = offs[n];
-        let mine: &[u8] = if me == root { &[] } else { &data };
+        let mine = if me == root {
+            Bytes::new()
+        } else {
+            data.clone()
+        };
         let mut out = if me == root {
             vec![0u8; total]
         } else {
             Vec::new()
         };
-        let gatherv = |send: &[u8], recv: &mut [u8], pieces: &[usize]| -> Result<()> {
-            let (send, mut spare) = (send_buf(send), [0u8; 1]);
-            let _e = self.inner.rt.enter("gather")?;
-            let process = self.inner.comm.process_at_rank(root_c);
-            if me == root {
-                let c = counts_c(pieces)?;
-                let d = counts_c(&offsets(pieces)?[..n])?;
-                let recv = recv_buf(recv, &mut spare);
-                process
-                    .gather_varcount_into_root(send, &mut PartitionMut::new(recv, &c[..], &d[..]));
-            } else {
-                process.gather_varcount_into(send);
-            }
-            Ok(())
-        };
         if total <= self.chunk {
             if total > 0 {
-                gatherv(mine, &mut out, &counts)?;
+                out = self.gatherv(OP, Some(root_c), mine, out, &counts)?;
             }
         } else {
             let per = (self.chunk / n).max(1);
@@ -250,7 +336,8 @@ impl MpiComm {
                 if me == root {
                     round.resize(poffs[n], 0);
                 }
-                gatherv(&mine[piece(mine.len(), k, per)], &mut round, &pieces)?;
+                let part = mine.slice(piece(mine.len(), k, per));
+                round = self.gatherv(OP, Some(root_c), part, round, &pieces)?;
                 if me == root {
                     for i in 0..n {
                         let dst = offs[i] + piece(counts[i], k, per).start;
@@ -268,26 +355,17 @@ impl MpiComm {
     }
 
     pub(super) fn all_gather_(&self, data: Bytes) -> Result<Vec<Bytes>> {
+        const OP: &str = "all_gather";
+        self.check_usable(OP)?;
         self.reap_sends();
         let (me, n) = (self.rank_(), self.size_());
-        let counts = self.gathered_counts("all_gather", data.len(), None)?;
+        let counts = self.gathered_counts(OP, data.len(), None)?;
         let offs = offsets(&counts)?;
         let total = offs[n];
         let mut out = vec![0u8; total];
-        let allgatherv = |send: &[u8], recv: &mut [u8], pieces: &[usize]| -> Result<()> {
-            let c = counts_c(pieces)?;
-            let d = counts_c(&offsets(pieces)?[..n])?;
-            let (send, mut spare) = (send_buf(send), [0u8; 1]);
-            let recv = recv_buf(recv, &mut spare);
-            let _e = self.inner.rt.enter("all_gather")?;
-            self.inner
-                .comm
-                .all_gather_varcount_into(send, &mut PartitionMut::new(recv, &c[..], &d[..]));
-            Ok(())
-        };
         if total <= self.chunk {
             if total > 0 {
-                allgatherv(&data, &mut out, &counts)?;
+                out = self.gatherv(OP, None, data.clone(), out, &counts)?;
             }
         } else {
             let per = (self.chunk / n).max(1);
@@ -297,7 +375,8 @@ impl MpiComm {
                 let pieces: Vec<usize> = counts.iter().map(|&c| piece(c, k, per).len()).collect();
                 let poffs = offsets(&pieces)?;
                 round.resize(poffs[n], 0);
-                allgatherv(&data[piece(data.len(), k, per)], &mut round, &pieces)?;
+                let part = data.slice(piece(data.len(), k, per));
+                round = self.gatherv(OP, None, part, round, &pieces)?;
                 for i in 0..n {
                     let dst = offs[i] + piece(counts[i], k, per).start;
                     out[dst..dst + pieces[i]].copy_from_slice(&round[poffs[i]..poffs[i + 1]]);
@@ -310,12 +389,54 @@ impl MpiComm {
         Ok(parts)
     }
 
+    /// One `MPI_Ialltoallv`: `spieces[j]` bytes of `sbuf` (in rank order)
+    /// to rank `j`, `rpieces[i]` bytes from rank `i` into `rbuf`. Returns
+    /// both buffers for reuse.
+    fn alltoallv(
+        &self,
+        op: &'static str,
+        sbuf: Vec<u8>,
+        spieces: &[usize],
+        mut rbuf: Vec<u8>,
+        rpieces: &[usize],
+    ) -> Result<(Vec<u8>, Vec<u8>)> {
+        let n = self.size_();
+        let (sc, rc) = (counts_c(spieces)?, counts_c(rpieces)?);
+        let sd = counts_c(&offsets(spieces)?[..n])?;
+        let rd = counts_c(&offsets(rpieces)?[..n])?;
+        let sp = send_ptr(sbuf.as_ptr(), sbuf.len());
+        let rp = recv_ptr(&mut rbuf);
+        let (scp, sdp, rcp, rdp) = (sc.as_ptr(), sd.as_ptr(), rc.as_ptr(), rd.as_ptr());
+        let comm = self.raw();
+        // SAFETY: `sbuf` holds the sum of `sc` bytes at `sd`, `rbuf` the sum
+        // of `rc` at `rd`; the wait below owns all six buffers (leaked if it
+        // times out).
+        let req = self.start(op, "MPI_Ialltoallv", |req| unsafe {
+            ffi::MPI_Ialltoallv(
+                sp,
+                scp,
+                sdp,
+                bytes_type(),
+                rp,
+                rcp,
+                rdp,
+                bytes_type(),
+                comm,
+                req,
+            )
+        })?;
+        let (sbuf, rbuf, ..) = self.wait(op, req, (sbuf, rbuf, sc, sd, rc, rd))?;
+        Ok((sbuf, rbuf))
+    }
+
     pub(super) fn all_to_all_v_(&self, mut parts: Vec<Bytes>) -> Result<Vec<Bytes>> {
+        const OP: &str = "all_to_all_v";
+        self.check_usable(OP)?;
         self.reap_sends();
         let (me, n) = (self.rank_(), self.size_());
         if parts.len() != n {
             return Err(CommError::InvalidArgument {
-                op: "all_to_all_v",
+                op: OP,
                 reason: format!("{} parts for a communicator of {n} ranks", parts.len()),
             });
         }
@@ -325,12 +446,17 @@ impl MpiComm {
             .collect();
         let send_u64: Vec<u64> = send.iter().map(|&x| x as u64).collect();
         let mut recv_u64 = vec![0u64; n];
-        {
-            let _e = self.inner.rt.enter("all_to_all_v")?;
-            self.inner
-                .comm
-                .all_to_all_into(&send_u64[..], &mut recv_u64[..]);
-        }
+        let (sp, rp, comm) = (
+            send_ptr(send_u64.as_ptr().cast(), n),
+            recv_ptr(&mut recv_u64),
+            self.raw(),
+        );
+        // SAFETY: both vectors hold one u64 per rank and are owned by the
+        // wait below (leaked if it times out).
+        let req = self.start(OP, "MPI_Ialltoall", |req| unsafe {
+            ffi::MPI_Ialltoall(sp, 1, u64_type(), rp, 1, u64_type(), comm, req)
+        })?;
+        let (_, recv_u64) = self.wait(OP, req, (send_u64, recv_u64))?;
         let recv = recv_u64
             .into_iter()
             .map(to_usize)
@@ -338,25 +464,9 @@ impl MpiComm {
         let soffs = offsets(&send)?;
         let roffs = offsets(&recv)?;
         let max_part = send.iter().chain(&recv).copied().max().unwrap_or(0);
-        let [g_part, g_total] = self.all_max_u64(
-            "all_to_all_v",
-            [max_part as u64, soffs[n].max(roffs[n]) as u64],
-        )?;
+        let [g_part, g_total] =
+            self.all_max_u64(OP, [max_part as u64, soffs[n].max(roffs[n]) as u64])?;
         let mut out = vec![0u8; roffs[n]];
-        let alltoallv =
-            |spieces: &[usize], sbuf: &[u8], rpieces: &[usize], rbuf: &mut [u8]| -> Result<()> {
-                let (sc, rc) = (counts_c(spieces)?, counts_c(rpieces)?);
-                let sd = counts_c(&offsets(spieces)?[..n])?;
-                let rd = counts_c(&offsets(rpieces)?[..n])?;
-                let (sbuf, mut spare) = (send_buf(sbuf), [0u8; 1]);
-                let rbuf = recv_buf(rbuf, &mut spare);
-                let _e = self.inner.rt.enter("all_to_all_v")?;
-                self.inner.comm.all_to_all_varcount_into(
-                    &Partition::new(sbuf, &sc[..], &sd[..]),
-                    &mut PartitionMut::new(rbuf, &rc[..], &rd[..]),
-                );
-                Ok(())
-            };
         if g_total == 0 {
             // Nothing to move anywhere (every rank knows it).
         } else if g_total <= self.chunk as u64 {
@@ -366,7 +476,7 @@ impl MpiComm {
                     sbuf.extend_from_slice(p);
                 }
             }
-            alltoallv(&send, &sbuf, &recv, &mut out)?;
+            out = self.alltoallv(OP, sbuf, &send, out, &recv)?.1;
         } else {
             let per = (self.chunk / n).max(1);
             let rounds = to_usize(g_part)?.div_ceil(per);
@@ -382,7 +492,7 @@ impl MpiComm {
                 }
                 let rp = offsets(&rpieces)?;
                 rbuf.resize(rp[n], 0);
-                alltoallv(&spieces, &sbuf, &rpieces, &mut rbuf)?;
+                (sbuf, rbuf) = self.alltoallv(OP, sbuf, &spieces, rbuf, &rpieces)?;
                 for i in 0..n {
                     let dst = roffs[i] + piece(recv[i], k, per).start;
                     out[dst..dst + rpieces[i]].copy_from_slice(&rbuf[rp[i]..rp[i + 1]]);
@@ -395,16 +505,18 @@ impl MpiComm {
     }
 
     pub(super) fn all_reduce_(&self, data: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+        const OP: &str = "all_reduce";
+        self.check_usable(OP)?;
         self.reap_sends();
-        check_elements("all_reduce", data, dtype)?;
+        check_elements(OP, data, dtype)?;
         let len = data.len() as u64;
         // One small all-reduce checks that every rank brought the same length.
-        let [max, neg_min] = self.all_max_u64("all_reduce", [len, u64::MAX - len])?;
+        let [max, neg_min] = self.all_max_u64(OP, [len, u64::MAX - len])?;
         if max != u64::MAX - neg_min {
-            let lens = self.all_gather_u64("all_reduce", len)?;
+            let lens = self.all_gather_u64s(OP, &[len])?;
             let peer = lens.iter().position(|&l| l != len).unwrap_or(0);
             return Err(CommError::SizeMismatch {
-                op: "all_reduce",
+                op: OP,
                 peer,
                 expected: data.len(),
                 actual: lens[peer] as usize,
@@ -412,39 +524,41 @@ impl MpiComm {
         }
         let esize = dtype.size();
         let step = (self.chunk / esize).max(1) * esize;
-        let dt = datatype(dtype);
-        let mut send = Vec::with_capacity(data.len().min(step));
+        let (dt, mop, comm) = (datatype(dtype).as_raw(), operation(op).as_raw(), self.raw());
+        let cap = data.len().min(step);
+        let (mut send, mut recv) = (Vec::with_capacity(cap), Vec::with_capacity(cap));
         for part in data.chunks_mut(step) {
             send.clear();
             send.extend_from_slice(part);
-            let count = (part.len() / esize) as Count;
-            // SAFETY: both buffers hold `count` elements of `dt` (`part.len()`
-            // bytes; MPI does not need them aligned); `send` is only read and
-            // `part` only written by MPI_Allreduce, and both outlive the call.
-            let (sb, mut rb) = unsafe {
-                (
-                    DynBuffer::from_raw(send.as_ptr(), count, dt),
-                    DynBufferMut::from_raw(part.as_mut_ptr(), count, dt),
-                )
-            };
-            let _e = self.inner.rt.enter("all_reduce")?;
-            self.inner.comm.all_reduce_into(&sb, &mut rb, operation(op));
+            recv.clear();
+            recv.resize(part.len(), 0u8);
+            let n = count(part.len() / esize)?;
+            let (sp, rp) = (send_ptr(send.as_ptr(), send.len()), recv_ptr(&mut recv));
+            // SAFETY: both buffers hold `n` elements of `dt` (`part.len()`
+            // bytes; MPI does not need them aligned) and are owned by the
+            // wait below (leaked if it times out): the caller's `data` is
+            // never handed to MPI.
+            let req = self.start(OP, "MPI_Iallreduce", |req| unsafe {
+                ffi::MPI_Iallreduce(sp, rp, n, dt, mop, comm, req)
+            })?;
+            (send, recv) = self.wait(OP, req, (send, recv))?;
+            part.copy_from_slice(&recv);
         }
         Ok(())
     }
 
     pub(super) fn split_(&self, color: Option<u32>, key: i64) -> Result<Option<MpiComm>> {
+        const OP: &str = "split";
+        self.check_usable(OP)?;
         self.reap_sends();
-        let (me, n) = (self.rank_(), self.size_());
+        let me = self.rank_();
         // Every rank learns every (color, key): the MPI color and key are
         // then dense ints computed the same way everywhere, so any u32 color
-        // and any i64 key work.
+        // and any i64 key work. Once this all-gather is done every rank has
+        // reached the split, so the blocking MPI_Comm_split below waits for
+        // nobody that is not already there.
         let mine = [color.map_or(u64::MAX, u64::from), key as u64];
-        let mut all = vec![0u64; 2 * n];
-        {
-            let _e = self.inner.rt.enter("split")?;
-            self.inner.comm.all_gather_into(&mine[..], &mut all[..]);
-        }
+        let all = self.all_gather_u64s(OP, &mine)?;
         let entries: Vec<(u64, i64)> = all.chunks(2).map(|c| (c[0], c[1] as i64)).collect();
         let plan = color.map(|c| {
             let c = u64::from(c);
@@ -489,6 +603,7 @@ impl MpiComm {
                 Ok(Some(MpiComm {
                     inner: Arc::new(inner),
                     chunk: self.chunk,
+                    timeout: self.timeout,
                 }))
             }
             (Some(_), None) => Err(backend_err(
@@ -538,8 +653,9 @@ mod tests {
     #[test]
     fn empty_buffers_have_a_real_address() {
         // 0x1 is OpenMPI's MPI_IN_PLACE.
-        assert_ne!(send_buf(&[]).as_ptr() as usize, 1);
-        let mut spare = [0u8; 1];
-        assert_ne!(recv_buf(&mut [], &mut spare).as_ptr() as usize, 1);
+        let empty: Vec<u8> = Vec::new();
+        assert_ne!(send_ptr(empty.as_ptr(), 0) as usize, 1);
+        let mut empty: Vec<u8> = Vec::new();
+        assert_ne!(recv_ptr(&mut empty) as usize, 1);
     }
 }

@@ -5,11 +5,12 @@
 //! `MPI_THREAD_MULTIPLE`) and returns the world communicator;
 //! [`MpiComm::from_communicator`] wraps a communicator that a host program
 //! which initialised MPI itself hands in (like Cylon's `MPIConfig(comm)`).
-//! Every operation maps to MPI's own: point-to-point messages to
-//! `MPI_Isend` / `MPI_Mprobe` + `MPI_Mrecv`, the collectives to
-//! `MPI_Barrier`, `MPI_Bcast`, `MPI_Gatherv`, `MPI_Allgatherv`,
-//! `MPI_Alltoallv` and `MPI_Allreduce` (after exchanging the sizes), `split`
-//! to `MPI_Comm_split`.
+//! Every operation maps to MPI's own, in its nonblocking form so that it
+//! can be given up at the deadline: point-to-point messages to `MPI_Isend`
+//! / `MPI_Improbe` + `MPI_Mrecv`, the collectives to `MPI_Ibarrier`,
+//! `MPI_Ibcast`, `MPI_Igatherv`, `MPI_Iallgatherv`, `MPI_Ialltoallv` and
+//! `MPI_Iallreduce` (after exchanging the sizes), `split` to an
+//! all-gather and `MPI_Comm_split`.
 //!
 //! ```no_run
 //! // Started by `mpirun -np 4 ./program`.
@@ -28,22 +29,31 @@
 //! then be started with `mpiexec.mpich`. `libclang` is needed (bindgen).
 //!
 //! # Failures and time bounds
-//! MPI has no timeouts, so [`CommConfig`](crate::CommConfig)'s timeout does
-//! not apply here: no call of this backend returns
-//! [`CommError::Timeout`] or [`CommError::PeerLost`]. The failure time is
-//! bounded by the launcher instead: when a rank dies (crashes, is killed,
-//! or exits without `MPI_Finalize`), OpenMPI's `mpirun` and MPICH's
-//! `mpiexec` (Hydra) abort the whole job and kill every other rank, so
-//! nothing waits forever for a dead peer; the ranks blocked in MPI calls
-//! get no error back, they are terminated with the job. MPI errors
-//! themselves go to MPI's default handler `MPI_ERRORS_ARE_FATAL`, which
-//! aborts the job too.
+//! Every blocking call returns within the communicator's timeout
+//! ([`MpiComm::timeout`]: `DEEPRC_TIMEOUT_MS`, 30 s by default, or
+//! [`MpiComm::with_timeout`]), like on the other backends. The collectives
+//! are posted as nonblocking MPI calls and polled with `MPI_Test`;
+//! receives poll `MPI_Improbe`. Past the deadline the call fails with
+//! [`CommError::Timeout`] naming the operation (`peer` is the source rank
+//! of a receive, [`UNKNOWN_PEER`] for a collective: MPI does not say which
+//! rank is missing). Sends never wait (`MPI_Isend`).
 //!
-//! What MPI cannot see is a rank that is alive but stops taking part: a
-//! rank that returned an error and no longer calls the collectives, or one
-//! that exits normally while its peers still wait for it (at exit it runs
-//! `MPI_Finalize`, which waits for every rank). A rank that gives up should
-//! call [`MpiComm::abort`], which ends the whole job at once.
+//! MPI cannot cancel a collective: after one timed out, its request and
+//! buffers are leaked (MPI may still complete it if the missing rank turns
+//! up late), and every later collective on that communicator fails at once
+//! with [`CommError::PeerLost`] (the ranks no longer agree on the order of
+//! the collectives); point-to-point messages keep working. A rank that
+//! gives up should end the job with [`MpiComm::abort`]: a rank that just
+//! exits waits in `MPI_Finalize` for the others. `MPI_Comm_split` and
+//! `MPI_Comm_dup` have no nonblocking form used here: `split` and
+//! [`MpiComm::duplicate`] first meet every rank in a bounded collective,
+//! then call them. Initialising MPI ([`MpiComm::world`]) is bounded by the
+//! launcher only.
+//!
+//! When a rank dies (crashes, is killed, or exits without `MPI_Finalize`),
+//! OpenMPI's `mpirun` and MPICH's `mpiexec` (Hydra) abort the whole job and
+//! kill every other rank, usually long before the timeout. MPI errors go to
+//! MPI's default handler `MPI_ERRORS_ARE_FATAL`, which aborts the job too.
 //!
 //! If Deep RC initialised MPI, `MPI_Finalize` runs when the process exits
 //! (an `atexit` handler): OpenMPI counts a rank that exits without it as
@@ -82,10 +92,13 @@
 //! follow the C comparison of the MPI library.
 
 mod collectives;
+mod deadline;
 mod p2p;
 mod runtime;
 
-use crate::{AnyBox, Backend, CommError, Communicator, DType, ReduceOp, Result, Tag};
+pub use deadline::UNKNOWN_PEER;
+
+use crate::{AnyBox, Backend, CommConfig, CommError, Communicator, DType, ReduceOp, Result, Tag};
 use ::mpi::{
     topology::SimpleCommunicator,
     traits::{AsRaw, Communicator as _},
@@ -97,6 +110,7 @@ use std::{
     mem::ManuallyDrop,
     os::raw::c_int,
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 /// The default [`MpiComm::chunk_bytes`]: 1 GiB.
@@ -117,6 +131,8 @@ struct Inner {
     rt: &'static runtime::Runtime,
     sends: Mutex<p2p::PendingSends>,
     receivers: p2p::Receivers,
+    /// Why collectives are refused: an earlier one timed out or failed.
+    broken: Mutex<Option<String>>,
 }
 
 // SAFETY: the MPI communicator handle is an identifier that MPI lets any
@@ -142,6 +158,7 @@ impl Inner {
             rt,
             sends: Mutex::default(),
             receivers: p2p::Receivers::default(),
+            broken: Mutex::new(None),
         })
     }
 }
@@ -156,8 +173,14 @@ impl Drop for Inner {
             self.rt.enter("drop").ok()
         };
         // Without the right to call MPI (finalised, or a thread MPI refuses),
-        // the handle and the buffers of pending sends are leaked.
-        let can_call = entered.is_some();
+        // the handle and the buffers of pending sends are leaked; so is a
+        // communicator with a collective that never completed.
+        let broken = self
+            .broken
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        let can_call = entered.is_some() && !broken;
         sends.release(!can_call);
         // SAFETY: `comm` is not used after this point.
         let comm = unsafe { ManuallyDrop::take(&mut self.comm) };
@@ -176,6 +199,7 @@ impl Drop for Inner {
 pub struct MpiComm {
     inner: Arc<Inner>,
     chunk: usize,
+    timeout: Duration,
 }
 
 impl fmt::Debug for MpiComm {
@@ -185,6 +209,7 @@ impl fmt::Debug for MpiComm {
             .field("size", &self.inner.size)
             .field("threading", &self.inner.rt.threading)
             .field("chunk_bytes", &self.chunk)
+            .field("timeout", &self.timeout)
             .finish()
     }
 }
@@ -215,12 +240,14 @@ impl MpiComm {
     /// # Ok::<(), deeprc_comm::CommError>(())
     /// ```
     pub fn world() -> Result<MpiComm> {
+        let timeout = CommConfig::from_env()?.timeout;
         let mut world = WORLD.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(inner) = world.as_ref() {
             runtime::check_alive("MpiComm::world")?;
             return Ok(MpiComm {
                 inner: Arc::clone(inner),
                 chunk: DEFAULT_CHUNK_BYTES,
+                timeout,
             });
         }
         let rt = runtime::init()?;
@@ -233,6 +260,7 @@ impl MpiComm {
         Ok(MpiComm {
             inner,
             chunk: DEFAULT_CHUNK_BYTES,
+            timeout,
         })
     }
 
@@ -264,6 +292,7 @@ impl MpiComm {
     /// # Ok::<(), deeprc_comm::CommError>(())
     /// ```
     pub fn from_communicator(comm: SimpleCommunicator) -> Result<MpiComm> {
+        let timeout = CommConfig::from_env()?.timeout;
         let rt = runtime::attach("MpiComm::from_communicator")?;
         let dup = {
             let _e = rt.enter("MpiComm::from_communicator")?;
@@ -274,13 +303,17 @@ impl MpiComm {
         Ok(MpiComm {
             inner: Arc::new(Inner::new(dup, rt)?),
             chunk: DEFAULT_CHUNK_BYTES,
+            timeout,
         })
     }
 
     /// An independent communicator over the same ranks (`MPI_Comm_dup`):
     /// its messages never mix with this one's. Collective: every rank must
-    /// call it.
+    /// call it. The ranks first meet in a barrier bounded by the timeout,
+    /// then call `MPI_Comm_dup`. The copy has this handle's timeout and
+    /// chunk size.
     pub fn duplicate(&self) -> Result<MpiComm> {
+        self.ibarrier("duplicate")?;
         let dup = {
             let _e = self.inner.rt.enter("duplicate")?;
             self.inner.comm.duplicate()
@@ -288,7 +321,22 @@ impl MpiComm {
         Ok(MpiComm {
             inner: Arc::new(Inner::new(dup, self.inner.rt)?),
             chunk: self.chunk,
+            timeout: self.timeout,
         })
+    }
+
+    /// How long any blocking operation of this handle waits before it
+    /// fails with [`CommError::Timeout`] (default: [`CommConfig::from_env`]'s
+    /// `timeout`, `DEEPRC_TIMEOUT_MS`).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sets [`MpiComm::timeout`]. Communicators made by `split` and
+    /// [`MpiComm::duplicate`] inherit it.
+    pub fn with_timeout(mut self, timeout: Duration) -> MpiComm {
+        self.timeout = timeout;
+        self
     }
 
     /// The threading level MPI provides in this process.
@@ -331,6 +379,10 @@ impl MpiComm {
         // return.
         unsafe { ::mpi::ffi::MPI_Abort(self.inner.comm.as_raw(), code) };
         std::process::abort()
+    }
+
+    fn raw(&self) -> ::mpi::ffi::MPI_Comm {
+        self.inner.comm.as_raw()
     }
 
     fn rank_(&self) -> usize {

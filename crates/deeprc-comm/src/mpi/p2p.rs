@@ -23,7 +23,7 @@
 //! receivers of one (source, MPI tag) are serialised, so the chunks of a
 //! message are never taken by another receive.
 
-use super::{backend_err, MpiComm};
+use super::{backend_err, deadline::Poll, MpiComm};
 use crate::{CommError, Result, Tag};
 use ::mpi::{
     datatype::Equivalence,
@@ -247,29 +247,27 @@ impl MpiComm {
         Ok(())
     }
 
-    /// Waits for a message from `src` on MPI tag `tag` and takes it out of
-    /// MPI's matching (`MPI_Mprobe`). Blocks in MPI when the threading level
-    /// allows it, polls otherwise; `poll` forces polling (returns `None`
-    /// when nothing is there).
-    fn probe(&self, src: usize, tag: c_int, poll: bool) -> Result<Option<(Message, Status)>> {
-        let rt = self.inner.rt;
+    /// Takes a message from `src` on MPI tag `tag` out of MPI's matching
+    /// if one is there (`MPI_Improbe`); `None` otherwise.
+    fn try_probe(&self, src: usize, tag: c_int) -> Result<Option<(Message, Status)>> {
         let process = self.inner.comm.process_at_rank(as_rank(src));
-        if rt.can_block() && !poll {
-            let _e = rt.enter("recv")?;
-            return Ok(Some(process.matched_probe_with_tag(tag)));
-        }
-        let mut backoff = super::runtime::Backoff::new();
+        let _e = self.inner.rt.enter("recv")?;
+        Ok(process.immediate_matched_probe_with_tag(tag))
+    }
+
+    /// Waits for a message from `src` on MPI tag `tag` by polling
+    /// [`MpiComm::try_probe`] until `poll`'s deadline, then fails with
+    /// [`CommError::Timeout`]. Nothing is posted, so a timeout leaves
+    /// nothing behind.
+    fn probe(&self, src: usize, tag: c_int, poll: &mut Poll) -> Result<(Message, Status)> {
         loop {
-            {
-                let _e = rt.enter("recv")?;
-                if let Some(m) = process.immediate_matched_probe_with_tag(tag) {
-                    return Ok(Some(m));
-                }
+            if let Some(m) = self.try_probe(src, tag)? {
+                return Ok(m);
             }
-            if poll {
-                return Ok(None);
+            if poll.expired() {
+                return Err(recv_timeout(src, poll));
             }
-            backoff.snooze();
+            poll.snooze();
         }
     }
 
@@ -301,7 +299,14 @@ impl MpiComm {
 
     /// Receives the `len` bytes of a large message that follow its header
     /// on (`src`, `tag`), in chunks of `chunk` bytes.
-    fn take_chunks(&self, src: usize, tag: c_int, len: u64, chunk: u64) -> Result<Bytes> {
+    fn take_chunks(
+        &self,
+        src: usize,
+        tag: c_int,
+        len: u64,
+        chunk: u64,
+        poll: &mut Poll,
+    ) -> Result<Bytes> {
         let len = usize::try_from(len)
             .map_err(|_| backend_err(format!("a message of {len} bytes does not fit in memory")))?;
         let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
@@ -314,9 +319,7 @@ impl MpiComm {
         let mut at = 0;
         while at < len {
             let end = (at + chunk).min(len);
-            let (msg, status) = self
-                .probe(src, tag, false)?
-                .ok_or_else(|| backend_err("internal: blocking probe returned nothing"))?;
+            let (msg, status) = self.probe(src, tag, poll)?;
             let count = status.count(<u8 as Equivalence>::equivalent_datatype());
             if usize::try_from(count).ok() != Some(end - at) {
                 // Receive it anyway so the message is not left matched.
@@ -381,15 +384,14 @@ impl MpiComm {
     }
 
     fn recv_direct(&self, src: usize, tag: c_int) -> Result<Bytes> {
-        let (msg, status) = self
-            .probe(src, tag, false)?
-            .ok_or_else(|| backend_err("internal: blocking probe returned nothing"))?;
+        let mut poll = Poll::new(self.timeout);
+        let (msg, status) = self.probe(src, tag, &mut poll)?;
         let first = self.take(msg, status)?;
         match first.first() {
             Some(&KIND_INLINE) => Ok(Bytes::from(first).slice(1..)),
             Some(&KIND_LARGE) if first.len() == LARGE_HEADER => {
                 let (len, chunk) = large_header(&first[8..]);
-                self.take_chunks(src, tag, len, chunk)
+                self.take_chunks(src, tag, len, chunk, &mut poll)
             }
             _ => Err(malformed(src, tag, &first)),
         }
@@ -400,17 +402,18 @@ impl MpiComm {
     fn recv_escaped(&self, src: usize, tag: Tag) -> Result<Bytes> {
         let esc = self.escape_tag();
         let entry = self.receivers_lock(src, esc);
-        let mut backoff = super::runtime::Backoff::new();
+        let mut poll = Poll::new(self.timeout);
         let out = loop {
             {
                 let mut stash = lock(&entry);
                 if let Some(m) = stash.0.get_mut(&tag).and_then(VecDeque::pop_front) {
                     break Ok(m);
                 }
-                match self.probe(src, esc, true) {
+                match self.try_probe(src, esc) {
                     Err(e) => break Err(e),
                     Ok(None) => {}
-                    Ok(Some((msg, status))) => match self.take_escaped(src, msg, status) {
+                    Ok(Some((msg, status))) => match self.take_escaped(src, msg, status, &mut poll)
+                    {
                         Err(e) => break Err(e),
                         Ok((t, m)) if t == tag => break Ok(m),
                         Ok((t, m)) => {
@@ -420,13 +423,22 @@ impl MpiComm {
                     },
                 }
             }
-            backoff.snooze();
+            if poll.expired() {
+                break Err(recv_timeout(src, &poll));
+            }
+            poll.snooze();
         };
         self.receivers_release(src, esc, entry);
         out
     }
 
-    fn take_escaped(&self, src: usize, msg: Message, status: Status) -> Result<(Tag, Bytes)> {
+    fn take_escaped(
+        &self,
+        src: usize,
+        msg: Message,
+        status: Status,
+        poll: &mut Poll,
+    ) -> Result<(Tag, Bytes)> {
         let esc = self.escape_tag();
         let first = self.take(msg, status)?;
         if first.len() < ESC_INLINE_HEADER {
@@ -437,10 +449,18 @@ impl MpiComm {
             KIND_ESC_INLINE => Ok((tag, Bytes::from(first).slice(ESC_INLINE_HEADER..))),
             KIND_ESC_LARGE if first.len() == LARGE_HEADER => {
                 let (len, chunk) = large_header(&first[8..]);
-                Ok((tag, self.take_chunks(src, esc, len, chunk)?))
+                Ok((tag, self.take_chunks(src, esc, len, chunk, poll)?))
             }
             _ => Err(malformed(src, esc, &first)),
         }
+    }
+}
+
+fn recv_timeout(src: usize, poll: &Poll) -> CommError {
+    CommError::Timeout {
+        op: "recv",
+        peer: src,
+        after: poll.waited(),
     }
 }
 

@@ -11,7 +11,6 @@ use ::mpi::{
 use std::{
     os::raw::{c_int, c_void},
     sync::{Mutex, MutexGuard, OnceLock, PoisonError},
-    time::Duration,
 };
 
 /// What every communicator of this process shares.
@@ -182,12 +181,6 @@ impl Runtime {
             _serial: Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner)),
         })
     }
-
-    /// Whether blocking MPI calls may wait inside MPI (otherwise they poll
-    /// and release the lock between polls so other threads can progress).
-    pub(super) fn can_block(&self) -> bool {
-        self.threading == Threading::Multiple
-    }
 }
 
 fn is_thread_main() -> bool {
@@ -196,25 +189,4 @@ fn is_thread_main() -> bool {
     // writes `flag`.
     unsafe { ffi::MPI_Is_thread_main(&mut flag) };
     flag != 0
-}
-
-/// Waits between polls: yields first, then sleeps up to a millisecond.
-pub(super) struct Backoff {
-    round: u32,
-}
-
-impl Backoff {
-    pub(super) fn new() -> Self {
-        Self { round: 0 }
-    }
-
-    pub(super) fn snooze(&mut self) {
-        self.round = self.round.saturating_add(1);
-        if self.round < 64 {
-            std::thread::yield_now();
-        } else {
-            let us = 20u64 << ((self.round - 64) / 16).min(5);
-            std::thread::sleep(Duration::from_micros(us.min(1000)));
-        }
-    }
 }

@@ -7,12 +7,20 @@
 //! listening address in the store and connects to every lower rank.
 //!
 //! Security and robustness:
-//! - listeners bind loopback unless `DEEPRC_BIND` says otherwise;
-//! - every connection must open with a hello frame carrying the job token,
-//!   a valid rank and the world size, within the connect timeout; anything
-//!   else is refused and logged ([`TcpComm::refusals`]), and the
-//!   communicator stays usable;
-//! - a frame longer than `max_frame_bytes` is refused before any allocation;
+//! - listeners bind loopback unless `DEEPRC_BIND` says otherwise (the
+//!   rendezvous store binds the address `DEEPRC_STORE` names);
+//! - both ends of every connection, rank to rank and rank to store, prove
+//!   that they know the job token by challenge-response (HMAC-SHA256 over
+//!   both sides' fresh nonces, see docs/comm.md "Authentication"), within
+//!   the connect timeout; the token never crosses the wire. A peer that
+//!   fails, speaks another protocol version ([`CommError::VersionMismatch`])
+//!   or claims a rank that does not fit is refused before one payload byte
+//!   moves, logged (`tracing::warn!` with its address, and
+//!   [`TcpComm::refusals`]), and the communicator stays usable;
+//! - a frame longer than `max_frame_bytes` (256 bytes during the handshake)
+//!   is refused before any allocation ([`CommError::FrameTooLarge`]);
+//! - a store directory is created owner-only, and one that others may
+//!   write to is refused ([`CommError::InsecureStore`]);
 //! - a peer that closes its connection fails every pending receive from it
 //!   at once ([`CommError::PeerLost`]); one that hangs fails it after the
 //!   timeout ([`CommError::Timeout`]).
@@ -31,6 +39,7 @@
 //! # Ok::<(), deeprc_comm::CommError>(())
 //! ```
 
+mod auth;
 mod store;
 mod wire;
 
@@ -43,9 +52,9 @@ use crate::{
     pool::{BufferPool, POOL_BYTES},
     AnyBox, Backend, CommConfig, CommError, Communicator, DType, ReduceOp, Result, Tag,
 };
+use auth::{Claim, Purpose};
 use bytes::Bytes;
 use std::{
-    io::Write,
     net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -54,7 +63,7 @@ use std::{
     thread,
     time::{Duration, Instant},
 };
-use wire::{Kind, CONTROL_LIMIT};
+use wire::Kind;
 
 /// How to create a [`TcpComm`].
 #[derive(Debug, Clone)]
@@ -65,7 +74,8 @@ pub struct TcpOptions {
     pub size: usize,
     /// The rendezvous store.
     pub store: StoreSpec,
-    /// The per-job secret every connection must present.
+    /// The per-job secret both ends of every connection prove they know
+    /// (it is never sent).
     pub token: String,
     /// The address to listen on (default loopback).
     pub bind: IpAddr,
@@ -127,62 +137,74 @@ struct Listener {
 }
 
 impl Listener {
-    fn refuse(&self, conn: &TcpStream, from: &str, reason: String) {
-        let _ = conn.shutdown(Shutdown::Both);
+    /// Records, logs and closes a refused connection (recorded first:
+    /// whoever sees it closed finds the refusal listed).
+    fn refuse(&self, conn: &TcpStream, from: &str, e: &CommError) {
         self.refusals
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(format!("{from}: {reason}"));
+            .push(format!("{from}: {e}"));
+        tracing::warn!(
+            peer_addr = %from,
+            rank = self.rank,
+            "deeprc-comm tcp: refused a connection from {from}: {e}"
+        );
+        let _ = conn.shutdown(Shutdown::Both);
     }
 
-    /// Reads and checks a hello; returns the peer's rank.
+    /// Authenticates a dialer (challenge-response, see `auth.rs`), checks
+    /// its claim and accepts it; returns its rank. Nothing but the
+    /// handshake is read from or written to a dialer that fails.
     fn handshake(&self, conn: &mut TcpStream, from: &str, timeout: Duration) -> Result<usize> {
-        conn.set_read_timeout(Some(timeout))
-            .map_err(|e| CommError::io("setting a handshake timeout", e))?;
-        let h = wire::read_header(conn, CONTROL_LIMIT, from)?.ok_or_else(|| {
-            CommError::MalformedFrame {
-                from: from.to_string(),
-                reason: "closed before its hello".into(),
-            }
-        })?;
-        if h.kind != Kind::Hello {
-            return Err(CommError::Auth {
-                addr: from.to_string(),
-                reason: format!("first frame is {:?}, not a hello", h.kind),
-            });
-        }
-        let body = wire::read_body(conn, h.len, from)?;
-        if !store::token_eq(&body, &self.token) {
-            return Err(CommError::Auth {
-                addr: from.to_string(),
-                reason: "wrong job token".into(),
-            });
-        }
-        let (peer, size) = (h.ctx as usize, h.tag as usize);
-        if size != self.size || peer <= self.rank || peer >= self.size {
+        let verified = {
+            let mut bounded = auth::Bounded::new(conn, timeout);
+            auth::server(
+                &mut bounded,
+                &self.token,
+                Purpose::Mesh,
+                self.rank as u64,
+                from,
+            )?
+        };
+        let Claim { rank, size, target } = verified.claim;
+        let fits = size == self.size as u64
+            && target == self.rank as u64
+            && rank > self.rank as u64
+            && rank < self.size as u64;
+        if !fits {
             return Err(CommError::Auth {
                 addr: from.to_string(),
                 reason: format!(
-                    "hello from rank {peer} of {size} does not fit rank {} of {}",
+                    "hello from rank {rank} of {size} for rank {target} does not fit rank {} of {}",
                     self.rank, self.size
                 ),
             });
         }
+        let peer = rank as usize;
         if self.complete.load(Ordering::SeqCst) {
             return Err(CommError::Auth {
                 addr: from.to_string(),
                 reason: "the group is already complete".into(),
             });
         }
-        let mut connected = self
-            .connected
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if std::mem::replace(&mut connected[peer], true) {
-            return Err(CommError::Auth {
-                addr: from.to_string(),
-                reason: format!("rank {peer} is already connected"),
-            });
+        {
+            let mut connected = self
+                .connected
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if std::mem::replace(&mut connected[peer], true) {
+                return Err(CommError::Auth {
+                    addr: from.to_string(),
+                    reason: format!("rank {peer} is already connected"),
+                });
+            }
+        }
+        let accepted = verified.accept(&mut auth::Bounded::new(conn, timeout), &self.token, from);
+        if let Err(e) = accepted {
+            self.connected
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)[peer] = false;
+            return Err(e);
         }
         Ok(peer)
     }
@@ -477,28 +499,15 @@ fn dial(addr: &str, peer: usize, o: &TcpOptions, start: Instant) -> Result<TcpSt
             });
         if let Some(mut s) = attempt {
             let _ = s.set_nodelay(true);
-            let hello = wire::write_frame(
-                &mut s,
-                Kind::Hello,
-                o.rank as u64,
-                o.size as u64,
-                o.token.as_bytes(),
-            )
-            .and_then(|_| s.flush());
-            s.set_read_timeout(Some(remaining.max(Duration::from_millis(1))))
-                .map_err(|e| CommError::io("setting a handshake timeout", e))?;
-            let ack = hello
-                .map_err(|e| CommError::io(format!("greeting rank {peer}"), e))
-                .and_then(|_| wire::read_header(&mut s, 0, addr));
-            return match ack {
-                Ok(Some(h)) if h.kind == Kind::Ack => Ok(s),
-                _ => Err(CommError::Auth {
-                    addr: addr.to_string(),
-                    reason: format!(
-                        "rank {peer} refused this rank's hello (token or size mismatch?)"
-                    ),
-                }),
+            let remaining = o.config.connect_timeout.saturating_sub(start.elapsed());
+            let claim = Claim {
+                rank: o.rank as u64,
+                size: o.size as u64,
+                target: peer as u64,
             };
+            let mut bounded = auth::Bounded::new(&mut s, remaining);
+            auth::client(&mut bounded, o.token.as_bytes(), Purpose::Mesh, claim, addr)?;
+            return Ok(s);
         }
         if start.elapsed() >= o.config.connect_timeout {
             return Err(CommError::Timeout {
@@ -536,11 +545,9 @@ fn spawn_acceptor(
                             .map_or_else(|_| "?".into(), |a| a.to_string());
                         match listener.handshake(&mut conn, &from, handshake_timeout) {
                             Ok(peer) => {
-                                if wire::write_frame(&mut conn, Kind::Ack, 0, 0, &[]).is_ok() {
-                                    let _ = accepted.send((peer, conn));
-                                }
+                                let _ = accepted.send((peer, conn));
                             }
-                            Err(e) => listener.refuse(&conn, &from, e.to_string()),
+                            Err(e) => listener.refuse(&conn, &from, &e),
                         }
                     });
             }

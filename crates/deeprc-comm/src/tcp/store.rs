@@ -4,13 +4,16 @@
 //! (like torchrun's TCPStore), anything else is a directory shared by all
 //! ranks, a [`FileStore`] (e.g. on a parallel file system).
 
-use super::wire::{self, Kind, CONTROL_LIMIT};
+use super::{
+    auth::{self, Claim, Purpose},
+    wire::{self, Kind, CONTROL_LIMIT},
+};
 use crate::{CommError, Result};
 use std::{
     collections::HashMap,
     fmt,
     io::Write,
-    net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -62,6 +65,11 @@ impl fmt::Display for StoreSpec {
 
 /// A store in a shared directory: one file per key, written atomically,
 /// named after the job (a hash of its token) so jobs do not mix.
+///
+/// The directory is created owner-only (`0700`) and every file `0600`; an
+/// existing directory that the group or others may write to, or that
+/// another user owns, is refused ([`CommError::InsecureStore`]): anyone who
+/// can write there could plant the address a rank dials.
 #[derive(Debug)]
 pub struct FileStore {
     dir: PathBuf,
@@ -69,10 +77,11 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// A store in `dir` (created if missing) for the job with `token`.
+    /// A store in `dir` (created owner-only if missing) for the job with
+    /// `token`. Fails with [`CommError::InsecureStore`] if `dir` exists and
+    /// group or others may write to it, or another user owns it.
     pub fn new(dir: &Path, token: &str) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CommError::io(format!("creating store directory {}", dir.display()), e))?;
+        create_private_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             job: format!("{:016x}", job_hash(token)),
@@ -88,12 +97,95 @@ impl FileStore {
     }
 }
 
+/// Creates `dir` (and missing parents) as `0700`, or checks that an
+/// existing one is safe: a directory of this user that nobody else may
+/// write to.
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let shown = || dir.display().to_string();
+    let insecure = |reason: String| CommError::InsecureStore {
+        path: shown(),
+        reason,
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| CommError::io(format!("creating store directory {}", shown()), e))?;
+        }
+        Err(e) => {
+            return Err(CommError::io(
+                format!("reading store directory {}", shown()),
+                e,
+            ))
+        }
+        Ok(_) => {}
+    }
+    // Follows a symbolic link on purpose: the directory it names is checked.
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| CommError::io(format!("reading store directory {}", shown()), e))?;
+    if !meta.is_dir() {
+        return Err(insecure("not a directory".into()));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(insecure(format!(
+            "mode {mode:04o} lets the group or others write to it; use a directory of \
+             mode 0700 (or 0755), or a path that does not exist yet"
+        )));
+    }
+    let me = effective_uid();
+    if meta.uid() != me {
+        return Err(insecure(format!(
+            "owned by uid {}, not by this process's uid {me}",
+            meta.uid()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CommError::io(format!("creating store directory {}", dir.display()), e))
+}
+
+#[cfg(unix)]
+fn effective_uid() -> u32 {
+    extern "C" {
+        fn geteuid() -> u32;
+    }
+    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory
+    // of ours (uid_t is a u32 on every unix Rust supports).
+    unsafe { geteuid() }
+}
+
+/// Writes `value` to a new file `tmp`, owner-only (`0600`), failing if
+/// `tmp` exists (so a planted file or link is never written through).
+fn write_private(tmp: &Path, value: &[u8]) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o.open(tmp)?;
+    f.write_all(value)?;
+    f.sync_all()
+}
+
 impl Store for FileStore {
     fn set(&self, key: &str, value: &[u8]) -> Result<()> {
         let path = self.path(key);
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let ctx = || format!("writing store key {key} to {}", path.display());
-        std::fs::write(&tmp, value).map_err(|e| CommError::io(ctx(), e))?;
+        // A leftover of an earlier attempt of this process (same pid).
+        let _ = std::fs::remove_file(&tmp);
+        write_private(&tmp, value).map_err(|e| CommError::io(ctx(), e))?;
         std::fs::rename(&tmp, &path).map_err(|e| CommError::io(ctx(), e))
     }
 
@@ -126,26 +218,31 @@ pub(crate) fn job_hash(token: &str) -> u64 {
     })
 }
 
-/// Constant-time comparison of tokens.
-pub(crate) fn token_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[derive(Debug, Default)]
 struct Table {
     map: Mutex<HashMap<String, Vec<u8>>>,
     changed: Condvar,
 }
 
+/// How long a store client may take for its handshake.
+const STORE_HANDSHAKE: Duration = Duration::from_secs(10);
+
 /// The server side of a [`TcpStore`], run by rank 0. Dropping it stops it.
+///
+/// Every client must pass the challenge-response handshake (it proves it
+/// knows the job token, and the server proves it back) before the server
+/// reads one request; clients that fail are closed, logged with
+/// `tracing::warn!` and listed in [`TcpStoreServer::refusals`].
 #[derive(Debug)]
 pub struct TcpStoreServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    refusals: Arc<Mutex<Vec<String>>>,
 }
 
 impl TcpStoreServer {
-    /// Serves a store on `addr` for clients that present `token`.
+    /// Serves a store on `addr` (the configured address, as given) for
+    /// clients that know `token`.
     pub fn start(addr: &str, token: &str) -> Result<Self> {
         let listener = TcpListener::bind(addr)
             .map_err(|e| CommError::io(format!("binding the rendezvous store on {addr}"), e))?;
@@ -153,9 +250,10 @@ impl TcpStoreServer {
             .local_addr()
             .map_err(|e| CommError::io("reading the store address", e))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let refusals = Arc::new(Mutex::new(Vec::new()));
         let table = Arc::new(Table::default());
-        let token = token.as_bytes().to_vec();
-        let stop2 = Arc::clone(&stop);
+        let token: Arc<[u8]> = token.as_bytes().into();
+        let (stop2, refusals2) = (Arc::clone(&stop), Arc::clone(&refusals));
         thread::Builder::new()
             .name("deeprc-store".into())
             .spawn(move || {
@@ -165,19 +263,34 @@ impl TcpStoreServer {
                     }
                     let Ok(conn) = conn else { continue };
                     let table = Arc::clone(&table);
-                    let token = token.clone();
+                    let token = Arc::clone(&token);
+                    let refusals = Arc::clone(&refusals2);
                     let _ = thread::Builder::new()
                         .name("deeprc-store-conn".into())
-                        .spawn(move || serve(conn, &table, &token));
+                        .spawn(move || serve(conn, &table, &token, &refusals));
                 }
             })
             .map_err(|e| CommError::io("spawning the store thread", e))?;
-        Ok(Self { addr, stop })
+        Ok(Self {
+            addr,
+            stop,
+            refusals,
+        })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections this server refused, with the address and the reason,
+    /// e.g. `127.0.0.1:40112: connection from 127.0.0.1:40112 refused: wrong
+    /// job token (its proof does not verify)`.
+    pub fn refusals(&self) -> Vec<String> {
+        self.refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -188,21 +301,32 @@ impl Drop for TcpStoreServer {
     }
 }
 
-fn serve(mut conn: TcpStream, table: &Table, token: &[u8]) {
+fn serve(mut conn: TcpStream, table: &Table, token: &[u8], refusals: &Mutex<Vec<String>>) {
     let from = conn
         .peer_addr()
         .map_or_else(|_| "?".into(), |a| a.to_string());
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let authed = match wire::read_header(&mut conn, CONTROL_LIMIT, &from) {
-        Ok(Some(h)) if h.kind == Kind::Hello => wire::read_body(&mut conn, h.len, &from)
-            .map(|b| token_eq(&b, token))
-            .unwrap_or(false),
-        _ => false,
+    let authed = {
+        let mut bounded = auth::Bounded::new(&mut conn, STORE_HANDSHAKE);
+        auth::server(&mut bounded, token, Purpose::Store, 0, &from)
+            .and_then(|v| v.accept(&mut bounded, token, &from))
     };
-    if !authed {
+    if let Err(e) = authed {
+        // Recorded before the connection closes: whoever sees it closed
+        // finds the refusal listed.
+        refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(format!("{from}: {e}"));
+        tracing::warn!(
+            peer_addr = %from,
+            "deeprc-comm tcp store: refused a connection from {from}: {e}"
+        );
+        let _ = conn.shutdown(Shutdown::Both);
         return;
     }
-    let _ = conn.set_read_timeout(None);
+    if conn.set_read_timeout(None).is_err() || conn.set_write_timeout(None).is_err() {
+        return;
+    }
     while let Ok(Some(h)) = wire::read_header(&mut conn, CONTROL_LIMIT, &from) {
         let Ok(body) = wire::read_body(&mut conn, h.len, &from) else {
             return;
@@ -282,14 +406,32 @@ impl TcpStore {
             pause = (pause * 2).min(Duration::from_millis(50));
         };
         let _ = conn.set_nodelay(true);
-        wire::write_frame(&mut conn, Kind::Hello, 0, 0, token.as_bytes())
-            .map_err(|e| CommError::io(format!("greeting the store at {addr}"), e))?;
+        let claim = Claim {
+            rank: 0,
+            size: 0,
+            target: 0,
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        auth::client(
+            &mut auth::Bounded::new(&mut conn, left),
+            token.as_bytes(),
+            Purpose::Store,
+            claim,
+            addr,
+        )?;
+        conn.set_write_timeout(None)
+            .map_err(|e| CommError::io(format!("configuring the store connection {addr}"), e))?;
         Ok(Self {
             addr: addr.to_string(),
             conn: Mutex::new(conn),
         })
     }
 
+    /// One request and its reply. A reply longer than the server may send
+    /// ([`CONTROL_LIMIT`]) is a [`CommError::FrameTooLarge`], refused before
+    /// any allocation.
     fn request(
         &self,
         kind: Kind,
@@ -305,14 +447,11 @@ impl TcpStore {
         wire::write_frame(&mut *conn, kind, 0, tag, body)
             .and_then(|_| conn.flush())
             .map_err(|e| err(format!("request failed: {e}")))?;
-        conn.set_read_timeout(Some(wait + Duration::from_secs(5)))
+        conn.set_read_timeout(Some(wait.saturating_add(Duration::from_secs(5))))
             .map_err(|e| err(e.to_string()))?;
-        let closed = || err("the store closed the connection (wrong token?)".into());
-        let h = wire::read_header(&mut *conn, u64::MAX >> 1, &self.addr)
-            .map_err(|e| err(format!("no reply ({e}); wrong token?")))?
-            .ok_or_else(closed)?;
-        let body = wire::read_body(&mut *conn, h.len, &self.addr)
-            .map_err(|e| err(format!("truncated reply: {e}")))?;
+        let h = wire::read_header(&mut *conn, CONTROL_LIMIT, &self.addr)?
+            .ok_or_else(|| err("the store closed the connection".into()))?;
+        let body = wire::read_body(&mut *conn, h.len, &self.addr)?;
         Ok((h.kind, body))
     }
 }
@@ -375,11 +514,63 @@ mod tests {
         a.set("k", b"v").unwrap();
         assert_eq!(waiter.join().unwrap(), b"v");
         assert!(a.get("missing", Duration::from_millis(50)).is_err());
-        let bad = TcpStore::connect(&addr, "wrong", Duration::from_secs(5)).unwrap();
+        // A wrong token fails the handshake: connecting is refused.
+        let bad = TcpStore::connect(&addr, "wrong", Duration::from_secs(5));
+        assert!(matches!(bad, Err(CommError::Auth { .. })), "{bad:?}");
+        assert_eq!(a.get("k", Duration::from_secs(1)).unwrap(), b"v");
+        let refusals = server.refusals();
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        assert!(refusals[0].contains("wrong job token"), "{refusals:?}");
+    }
+
+    #[cfg(unix)]
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_store_is_owner_only() {
+        let base = std::env::temp_dir().join(format!("deeprc-fs-mode-{}", std::process::id()));
+        let dir = base.join("a/b");
+        let s = FileStore::new(&dir, "tok").unwrap();
+        s.set("addr/0", b"127.0.0.1:1").unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&base.join("a")), 0o700, "created parents too");
+        assert_eq!(mode(&s.path("addr/0")), 0o600);
+        // Setting a key again replaces the file, still owner-only.
+        s.set("addr/0", b"127.0.0.1:2").unwrap();
+        assert_eq!(mode(&s.path("addr/0")), 0o600);
+        assert_eq!(s.get("addr/0", Duration::ZERO).unwrap(), b"127.0.0.1:2");
+        std::fs::remove_dir_all(base).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_store_refuses_a_directory_others_can_write() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("deeprc-fs-open-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for m in [0o775, 0o757, 0o777, 0o1777] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).unwrap();
+            let r = FileStore::new(&dir, "tok");
+            assert!(
+                matches!(&r, Err(CommError::InsecureStore { reason, .. }) if reason.contains("write")),
+                "mode {m:o}: {r:?}"
+            );
+        }
+        // Readable by others but writable only by its owner: fine.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FileStore::new(&dir, "tok").unwrap();
+        // A file where the directory should be.
+        let file = dir.join("f");
+        std::fs::write(&file, b"").unwrap();
         assert!(matches!(
-            bad.get("k", Duration::from_millis(50)),
-            Err(CommError::Store { .. })
+            FileStore::new(&file, "tok"),
+            Err(CommError::InsecureStore { .. })
         ));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -3,9 +3,15 @@
 //! ```text
 //! +-------+------+----------+----------+----------+----------------+
 //! | magic | kind | ctx: u64 | tag: u64 | len: u64 | body (len B)   |
-//! | DRC1  |  u8  |    LE    |    LE    |    LE    |                |
+//! | DRC2  |  u8  |    LE    |    LE    |    LE    |                |
 //! +-------+------+----------+----------+----------+----------------+
 //! ```
+//!
+//! Every frame carries the protocol version: the last byte of the magic
+//! (`'0' + PROTOCOL_VERSION`). A frame of another version (`DRC1`, the
+//! plaintext-token protocol, or a newer one) is a
+//! [`CommError::VersionMismatch`], anything else that does not start with
+//! `DRC` a [`CommError::MalformedFrame`].
 //!
 //! The length is checked against the receiver's limit before any memory is
 //! allocated for the body.
@@ -13,10 +19,15 @@
 use crate::{CommError, Result};
 use std::io::{self, IoSlice, Read, Write};
 
-pub(crate) const MAGIC: [u8; 4] = *b"DRC1";
+/// The version of the wire protocol: 1 sent the job token in clear, 2
+/// authenticates both ends by challenge-response (see `auth.rs`).
+pub(crate) const PROTOCOL_VERSION: u8 = 2;
+pub(crate) const MAGIC: [u8; 4] = [b'D', b'R', b'C', b'0' + PROTOCOL_VERSION];
 pub(crate) const HEADER_LEN: usize = 29;
-/// The largest handshake or store-control body accepted.
+/// The largest store-control body accepted (a key and its value).
 pub(crate) const CONTROL_LIMIT: u64 = 64 << 10;
+/// The largest handshake body accepted.
+pub(crate) const AUTH_LIMIT: u64 = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -29,6 +40,8 @@ pub(crate) enum Kind {
     StoreGet = 5,
     StoreValue = 6,
     StoreMissing = 7,
+    Challenge = 8,
+    Proof = 9,
 }
 
 impl Kind {
@@ -42,6 +55,8 @@ impl Kind {
             5 => Kind::StoreGet,
             6 => Kind::StoreValue,
             7 => Kind::StoreMissing,
+            8 => Kind::Challenge,
+            9 => Kind::Proof,
             _ => return None,
         })
     }
@@ -128,6 +143,13 @@ pub(crate) fn read_header(r: &mut impl Read, limit: u64, from: &str) -> Result<O
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(CommError::io(format!("reading a frame from {from}"), e)),
         }
+    }
+    if b[..3] == MAGIC[..3] && b[3] != MAGIC[3] {
+        return Err(CommError::VersionMismatch {
+            from: from.to_string(),
+            ours: PROTOCOL_VERSION,
+            theirs: b[3].wrapping_sub(b'0'),
+        });
     }
     if b[..4] != MAGIC {
         return Err(CommError::MalformedFrame {
@@ -275,6 +297,15 @@ mod tests {
                 ..
             })
         ));
+        // The plaintext-token protocol (DRC1) and newer ones: a typed error.
+        for v in [b'1', b'3'] {
+            let mut other = buf.clone();
+            other[3] = v;
+            assert!(matches!(
+                read_header(&mut &other[..], 100, "t"),
+                Err(CommError::VersionMismatch { ours: 2, theirs, .. }) if theirs == v - b'0'
+            ));
+        }
         let mut bad = buf.clone();
         bad[0] = b'X';
         assert!(matches!(

@@ -6,10 +6,10 @@
 //! [`CommError::NotCompiled`](crate::CommError::NotCompiled). The device-buffer collectives, which take
 //! cudarc types, exist only with the feature.
 
-use crate::{Backend, Communicator, Result};
+use crate::{Backend, CommOp, Communicator, DType, ReduceOp, Result};
 use std::{convert::Infallible, sync::Arc};
 
-pub use crate::nccl_types::{DeviceInfo, NcclOptions, NcclVersion};
+pub use crate::nccl_types::{DeviceInfo, NcclOptions, NcclRoute, NcclVersion};
 
 /// Always [`CommError::NotCompiled`](crate::CommError::NotCompiled): the `nccl` feature is off.
 pub fn probe() -> Result<DeviceInfo> {
@@ -60,6 +60,37 @@ impl NcclComm {
         match self.never {}
     }
 
+    /// The operations of this communicator's [`Communicator`]
+    /// implementation that do **not** run on NCCL: they are delegated to
+    /// the host communicator ([`NcclRoute::Host`]) even though
+    /// [`Communicator::backend`] says [`Backend::Nccl`]. They are `send`,
+    /// `recv`, `barrier`, `gather`, `all_to_all_v` and `split`.
+    pub fn host_fallback_ops() -> &'static [CommOp] {
+        &crate::nccl_types::HOST_FALLBACK_OPS
+    }
+
+    /// The operations that go through NCCL: `broadcast`, `all_gather` and
+    /// `all_reduce` (see [`NcclComm::all_reduce_route`] for float sums).
+    pub fn nccl_ops() -> &'static [CommOp] {
+        &crate::nccl_types::NCCL_OPS
+    }
+
+    /// Where `op` runs on this backend.
+    pub fn route(op: CommOp) -> NcclRoute {
+        crate::nccl_types::route(op)
+    }
+
+    /// Where an all-reduce of `dtype` with `op` runs: float sums and
+    /// products are all-gathered by NCCL and reduced on the host.
+    pub fn all_reduce_route(dtype: DType, op: ReduceOp) -> NcclRoute {
+        crate::nccl_types::all_reduce_route(dtype, op)
+    }
+
+    /// The backend with its host fallback, e.g. `nccl+tcp`.
+    pub fn backend_name(&self) -> String {
+        match self.never {}
+    }
+
     /// Whether an earlier failure aborted the NCCL communicator.
     pub fn is_aborted(&self) -> bool {
         match self.never {}
@@ -93,5 +124,9 @@ mod tests {
             })
         ));
         assert_eq!(NcclVersion::from_code(22_304).to_string(), "2.23.4");
+        // The reporting of the host fallback exists without the feature too.
+        assert!(NcclComm::host_fallback_ops().contains(&CommOp::Barrier));
+        assert_eq!(NcclComm::route(CommOp::Send), NcclRoute::Host);
+        assert_eq!(NcclComm::route(CommOp::AllGather), NcclRoute::Nccl);
     }
 }
