@@ -55,13 +55,15 @@ pub enum FrameError {
         detail: String,
     },
     /// A line of an input file cannot be parsed.
-    #[error("{}:{line}: column {column:?}: {reason}", file.display())]
+    #[error("{}{}: column {column:?}: {reason}", file.display(), line_suffix(*line))]
     Malformed {
         /// The file.
         file: PathBuf,
-        /// The 1-based line number in the file.
-        line: usize,
-        /// The column (name, or position when no name is known).
+        /// The 1-based line number in the file, the header (if any) being
+        /// line 1; `None` when the reader does not say.
+        line: Option<usize>,
+        /// The column (name, or position when no name is known; `"?"`
+        /// when the error is not about one column).
         column: String,
         /// What was wrong.
         reason: String,
@@ -119,6 +121,24 @@ pub enum FrameError {
         /// What was wrong, with the byte offset.
         reason: String,
     },
+    /// A collective step failed on another rank, so this rank stopped too
+    /// (instead of waiting for it in the next collective): `rank` is the
+    /// first rank that failed and `source` its error, rebuilt here
+    /// ([`FrameError::Malformed`] and [`FrameError::DataMissing`] keep their
+    /// fields, other errors come as [`FrameError::Remote`]).
+    #[error("{op} failed on rank {rank}: {source}")]
+    FailedOnRank {
+        /// The operation.
+        op: &'static str,
+        /// The first rank that failed.
+        rank: usize,
+        /// Its error.
+        #[source]
+        source: Box<FrameError>,
+    },
+    /// An error another rank reported, as its message.
+    #[error("{0}")]
+    Remote(String),
     /// A communicator operation failed.
     #[error(transparent)]
     Comm(#[from] CommError),
@@ -188,10 +208,21 @@ impl FrameError {
         }
     }
 
-    /// `true` when this error only reports that a peer rank failed.
+    /// `true` when this error only reports that a peer rank failed: a lost
+    /// or silent peer, or [`FrameError::FailedOnRank`] (whose source is the
+    /// root cause).
     pub fn is_peer_failure(&self) -> bool {
-        matches!(self, Self::Comm(e) if e.is_peer_failure())
+        match self {
+            Self::Comm(e) => e.is_peer_failure(),
+            Self::FailedOnRank { .. } => true,
+            _ => false,
+        }
     }
+}
+
+/// `":N"` for a known line, nothing otherwise.
+fn line_suffix(line: Option<usize>) -> String {
+    line.map(|l| format!(":{l}")).unwrap_or_default()
 }
 
 impl deeprc_comm::local::AsPeerFailure for FrameError {

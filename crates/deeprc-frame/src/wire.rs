@@ -86,15 +86,38 @@ impl<'a> WireReader<'a> {
         Ok(a)
     }
 
+    /// One byte.
+    pub(crate) fn u8(&mut self, field: &str) -> Result<u8> {
+        Ok(self.array::<1>(field)?[0])
+    }
+
     /// A little-endian `u32`.
     pub(crate) fn u32(&mut self, field: &str) -> Result<u32> {
         Ok(u32::from_le_bytes(self.array(field)?))
+    }
+
+    /// A little-endian `u64`.
+    pub(crate) fn u64(&mut self, field: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(field)?))
     }
 
     /// A `u32`-length-prefixed byte string.
     pub(crate) fn bytes(&mut self, field: &str) -> Result<&'a [u8]> {
         let len = self.u32(field)? as usize;
         self.take(len, field)
+    }
+
+    /// A `u32`-length-prefixed UTF-8 string.
+    pub(crate) fn string(&mut self, field: &str) -> Result<String> {
+        let start = self.pos;
+        let b = self.bytes(field)?;
+        match std::str::from_utf8(b) {
+            Ok(s) => Ok(s.to_string()),
+            Err(e) => {
+                self.pos = start;
+                Err(self.error(format_args!("{field} is not UTF-8: {e}")))
+            }
+        }
     }
 }
 
@@ -104,26 +127,29 @@ mod tests {
 
     #[test]
     fn items_round_trip() {
-        let mut buf = Vec::new();
+        let mut buf = vec![7u8];
         buf.extend_from_slice(&9u32.to_le_bytes());
+        buf.extend_from_slice(&u64::MAX.to_le_bytes());
         put_bytes(&mut buf, "t", b"abc").unwrap();
-        put_bytes(&mut buf, "t", b"").unwrap();
+        put_bytes(&mut buf, "t", "héllo".as_bytes()).unwrap();
         let mut r = WireReader::new("t", "test message", 3, &buf);
-        assert_eq!(r.u32("a").unwrap(), 9);
-        assert_eq!(r.bytes("b").unwrap(), b"abc");
-        assert_eq!(r.bytes("c").unwrap(), b"");
+        assert_eq!(r.u8("a").unwrap(), 7);
+        assert_eq!(r.u32("b").unwrap(), 9);
+        assert_eq!(r.u64("c").unwrap(), u64::MAX);
+        assert_eq!(r.bytes("d").unwrap(), b"abc");
+        assert_eq!(r.string("e").unwrap(), "héllo");
         assert!(r.is_empty());
     }
 
     #[test]
     fn every_truncation_and_forged_length_is_a_typed_error() {
         let mut good = Vec::new();
-        good.extend_from_slice(&5u32.to_le_bytes());
+        good.extend_from_slice(&5u64.to_le_bytes());
         put_bytes(&mut good, "t", b"payload").unwrap();
         let read = |b: &[u8]| -> Result<()> {
             let mut r = WireReader::new("t", "test message", 2, b);
-            r.u32("count")?;
-            r.bytes("text")?;
+            r.u64("count")?;
+            r.string("text")?;
             Ok(())
         };
         read(&good).unwrap();
@@ -137,9 +163,14 @@ mod tests {
         }
         for forged in [8u32, 100, u32::MAX] {
             let mut b = good.clone();
-            b[4..8].copy_from_slice(&forged.to_le_bytes());
+            b[8..12].copy_from_slice(&forged.to_le_bytes());
             let e = read(&b).unwrap_err();
             assert!(e.to_string().contains("text needs"), "{e}");
         }
+        let mut bad_utf8 = good.clone();
+        let end = bad_utf8.len();
+        bad_utf8[end - 1] = 0xff;
+        let e = read(&bad_utf8).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
     }
 }

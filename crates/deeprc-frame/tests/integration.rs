@@ -3,6 +3,8 @@
 
 #[path = "integration/backends.rs"]
 mod backends;
+#[path = "integration/bad_input.rs"]
+mod bad_input;
 #[path = "integration/common.rs"]
 mod common;
 #[path = "integration/dist_ops.rs"]

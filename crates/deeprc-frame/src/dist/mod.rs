@@ -7,6 +7,7 @@
 //! ranks must call the same operators in the same order (they are
 //! collectives).
 
+pub(crate) mod agree;
 pub mod gather;
 pub mod groupby;
 pub mod join;

@@ -120,7 +120,7 @@ impl LineParser<'_> {
     fn err(&self, col: usize, reason: impl Into<String>) -> FrameError {
         FrameError::Malformed {
             file: self.file.to_path_buf(),
-            line: self.line,
+            line: Some(self.line),
             column: self
                 .names
                 .get(col)
@@ -207,13 +207,13 @@ pub fn read_forcing(path: impl AsRef<Path>) -> Result<Table> {
     for key in ["latitude", "elevation", "area"] {
         let (i, l) = lines.next().ok_or_else(|| FrameError::Malformed {
             file: path.to_path_buf(),
-            line: 0,
+            line: None,
             column: key.into(),
             reason: "the file ends before its three header lines".into(),
         })?;
         let v: f64 = l.trim().parse().map_err(|_| FrameError::Malformed {
             file: path.to_path_buf(),
-            line: i + 1,
+            line: Some(i + 1),
             column: key.into(),
             reason: format!("{:?} is not a number", l.trim()),
         })?;
@@ -221,7 +221,7 @@ pub fn read_forcing(path: impl AsRef<Path>) -> Result<Table> {
     }
     let (hi, header) = lines.next().ok_or_else(|| FrameError::Malformed {
         file: path.to_path_buf(),
-        line: 4,
+        line: Some(4),
         column: "header".into(),
         reason: "no column header line".into(),
     })?;
@@ -229,7 +229,7 @@ pub fn read_forcing(path: impl AsRef<Path>) -> Result<Table> {
     if headers.len() < 5 || clean_name(&headers[0]) != "year" {
         return Err(FrameError::Malformed {
             file: path.to_path_buf(),
-            line: hi + 1,
+            line: Some(hi + 1),
             column: "header".into(),
             reason: format!("expected `Year Mnth Day Hr <values>...`, found {header:?}"),
         });

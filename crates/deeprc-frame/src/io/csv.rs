@@ -2,11 +2,13 @@
 //! with errors that name file, line and column. ETTh1 is a CSV file with a
 //! timestamp column.
 
+use crate::dist::agree::agree;
 use crate::dist_table::DistTable;
 use crate::error::{Context, FrameError, Result};
 use crate::io::{part_path, require, share, Share};
 use crate::ipc;
 use crate::table::Table;
+use bytes::Bytes;
 use datafusion::arrow::csv::reader::{Format, ReaderBuilder};
 use datafusion::arrow::csv::WriterBuilder;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -65,6 +67,10 @@ fn open(path: &Path) -> Result<File> {
 }
 
 /// The schema of a CSV file: the given one, or inferred from its first rows.
+///
+/// # Errors
+/// [`FrameError::DataMissing`] for a missing file; [`FrameError::Malformed`]
+/// naming the line of a row that does not fit.
 pub fn infer_schema(path: &Path, options: &CsvOptions) -> Result<SchemaRef> {
     if let Some(s) = &options.schema {
         return Ok(Arc::clone(s));
@@ -73,16 +79,20 @@ pub fn infer_schema(path: &Path, options: &CsvOptions) -> Result<SchemaRef> {
     let (schema, _) = options
         .format(options.has_header)
         .infer_schema(BufReader::new(f), Some(options.infer_rows))
-        .map_err(|e| malformed(path, 0, options.has_header, &e))?;
+        .map_err(|e| malformed(path, None, 0, Numbering::Inference, &e))?;
     Ok(Arc::new(schema))
 }
 
 /// Reads a whole CSV file.
 ///
+/// Lines are numbered from 1, the header (if any) being line 1.
+///
 /// # Errors
 /// [`FrameError::DataMissing`] for a missing file; [`FrameError::Malformed`]
-/// naming the file, line and column of a value that does not parse or a
-/// line with the wrong number of fields.
+/// naming the file, line and column of a value that does not parse (a
+/// number out of range of its type included), of invalid UTF-8, of a
+/// quoted field that is never closed, or a line with the wrong number of
+/// fields.
 pub fn read_csv(path: impl AsRef<Path>, options: &CsvOptions) -> Result<Table> {
     let path = path.as_ref();
     let schema = infer_schema(path, options)?;
@@ -90,10 +100,10 @@ pub fn read_csv(path: impl AsRef<Path>, options: &CsvOptions) -> Result<Table> {
     read_from(
         path,
         BufReader::new(f),
+        0,
         schema,
         options,
         options.has_header,
-        0,
     )
 }
 
@@ -111,29 +121,110 @@ pub fn read_csv_files(paths: &[PathBuf], options: &CsvOptions) -> Result<Table> 
     Table::try_new(schema, batches)
 }
 
+/// Reads the CSV bytes of `path` that `reader` holds from byte `start` (a
+/// line start) on; errors name lines of the whole file.
 fn read_from<R: Read>(
     path: &Path,
     reader: R,
+    start: u64,
     schema: SchemaRef,
     options: &CsvOptions,
     header: bool,
-    first_line: usize,
 ) -> Result<Table> {
-    let r = ReaderBuilder::new(Arc::clone(&schema))
-        .with_format(options.format(header))
-        .with_batch_size(options.batch_size)
-        .build(reader)
-        .ctx("starting the CSV reader")?;
+    let mut tracked = QuoteTracker::new(reader, options.delimiter);
     let mut batches = Vec::new();
-    for b in r {
-        batches.push(b.map_err(|e| malformed(path, first_line, header, &e))?);
+    let mut failed: Option<ArrowError> = None;
+    {
+        let r = ReaderBuilder::new(Arc::clone(&schema))
+            .with_format(options.format(header))
+            .with_batch_size(options.batch_size)
+            .build(&mut tracked)
+            .ctx("starting the CSV reader")?;
+        for b in r {
+            match b {
+                Ok(b) => batches.push(b),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    if failed.is_some() {
+        // An unclosed quote swallows the rest of the input into one field:
+        // read on to see whether that is the cause of Arrow's error.
+        std::io::copy(&mut tracked, &mut std::io::sink())
+            .ctx(&format!("reading {}", path.display()))?;
+    }
+    let before = || -> Result<usize> {
+        if start == 0 {
+            Ok(0)
+        } else {
+            count_lines(path, start)
+        }
+    };
+    let arrow_error = match &failed {
+        Some(e) => Some(malformed(
+            path,
+            Some(&schema),
+            before()?,
+            Numbering::Reader,
+            e,
+        )),
+        None => None,
+    };
+    if let Some(offset) = tracked.unclosed_quote() {
+        let (line, field) = locate(path, start + offset, options.delimiter)?;
+        let arrow_line = match &arrow_error {
+            Some(FrameError::Malformed { line, .. }) => *line,
+            _ => None,
+        };
+        // Arrow's error, when it comes from an earlier line, is the first.
+        if arrow_line.is_none_or(|l| l >= line) {
+            return Err(FrameError::Malformed {
+                file: path.to_path_buf(),
+                line: Some(line),
+                column: column_name(Some(&schema), field),
+                reason: "a quoted field opens here and is never closed (unclosed quote)".into(),
+            });
+        }
+    }
+    if let Some(e) = arrow_error {
+        return Err(e);
     }
     Table::try_new(schema, batches)
 }
 
-/// Turns an Arrow CSV error into [`FrameError::Malformed`]: Arrow reports
-/// the 0-based data row and column index in its message.
-fn malformed(path: &Path, first_line: usize, header: bool, e: &ArrowError) -> FrameError {
+/// How the message of an Arrow CSV error counts lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Numbering {
+    /// Schema inference (the `csv` crate): "at line N" counts physical
+    /// lines from 1.
+    Inference,
+    /// The reader: "for line N" (field counts, UTF-8) counts records from
+    /// 1, "at line N" (values) from 0; both count the header.
+    Reader,
+}
+
+/// The name of column `i` (its position when there is no such column).
+fn column_name(schema: Option<&Schema>, i: usize) -> String {
+    schema
+        .and_then(|s| s.fields().get(i))
+        .map_or_else(|| i.to_string(), |f| f.name().clone())
+}
+
+/// Turns an Arrow CSV error into [`FrameError::Malformed`]: Arrow's message
+/// has the line (numbered as `numbering` says) and the column, when it
+/// knows them; `before` is the number of lines of the file before the bytes
+/// that were read. Without a line number in the message the error names
+/// none.
+fn malformed(
+    path: &Path,
+    schema: Option<&Schema>,
+    before: usize,
+    numbering: Numbering,
+    e: &ArrowError,
+) -> FrameError {
     let msg = e.to_string();
     let num_after = |pat: &str| -> Option<usize> {
         let i = msg.find(pat)? + pat.len();
@@ -143,17 +234,138 @@ fn malformed(path: &Path, first_line: usize, header: bool, e: &ArrowError) -> Fr
             .collect();
         digits.parse().ok()
     };
-    let row = num_after("at line ").or_else(|| num_after("for line "));
-    let column = num_after("for column ").map_or_else(|| "?".to_string(), |c| c.to_string());
-    // Arrow counts lines from 0, its header line included; the lines before
-    // this reader's byte range come first.
-    let _ = header;
-    let line = first_line + row.unwrap_or(0) + 1;
+    let line = match numbering {
+        Numbering::Inference => num_after("at line "),
+        Numbering::Reader => {
+            num_after("for line ").or_else(|| num_after("at line ").map(|n| n + 1))
+        }
+    };
+    let column = num_after("for column ")
+        .or_else(|| num_after("parsing column "))
+        .or_else(|| num_after("and field ").and_then(|f| f.checked_sub(1)));
     FrameError::Malformed {
         file: path.to_path_buf(),
-        line,
-        column,
+        line: line.map(|l| before + l),
+        column: column.map_or_else(|| "?".to_string(), |i| column_name(schema, i)),
         reason: msg,
+    }
+}
+
+/// Where a CSV parser (csv-core, under Arrow's reader) is in the quoting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    /// At the start of a field (or a record).
+    FieldStart,
+    /// In a field that is not quoted.
+    Unquoted,
+    /// In a quoted field.
+    Quoted,
+    /// Just after a quote in a quoted field (`""` is a quote, anything else
+    /// closes the field).
+    QuoteInQuoted,
+}
+
+/// Follows the quoting of the bytes Arrow's reader reads, as csv-core
+/// parses them (a quote opens a quoted field only at the start of a field,
+/// `""` in one is a quote), to find a quoted field that is never closed:
+/// the reader silently takes the rest of the input as that field. Chunks
+/// without a quote, outside a quoted field, are skipped with one `memchr`.
+struct QuoteTracker<R> {
+    inner: R,
+    delimiter: u8,
+    state: Quoting,
+    /// Bytes read so far.
+    pos: u64,
+    /// The offset of the quote that opened the current quoted field.
+    opened_at: u64,
+}
+
+impl<R: Read> QuoteTracker<R> {
+    fn new(inner: R, delimiter: u8) -> Self {
+        Self {
+            inner,
+            delimiter,
+            state: Quoting::FieldStart,
+            pos: 0,
+            opened_at: 0,
+        }
+    }
+
+    /// The offset of the opening quote of a field still open at the end.
+    fn unclosed_quote(&self) -> Option<u64> {
+        (self.state == Quoting::Quoted).then_some(self.opened_at)
+    }
+
+    fn track(&mut self, chunk: &[u8]) {
+        let Some(&last) = chunk.last() else {
+            return;
+        };
+        let d = self.delimiter;
+        let ends_field = |c: u8| c == d || c == b'\n' || c == b'\r';
+        let outside = matches!(self.state, Quoting::FieldStart | Quoting::Unquoted);
+        if outside && !chunk.contains(&b'"') {
+            self.state = if ends_field(last) {
+                Quoting::FieldStart
+            } else {
+                Quoting::Unquoted
+            };
+        } else {
+            for (i, &c) in chunk.iter().enumerate() {
+                self.state = match self.state {
+                    Quoting::FieldStart if c == b'"' => {
+                        self.opened_at = self.pos + i as u64;
+                        Quoting::Quoted
+                    }
+                    Quoting::FieldStart | Quoting::Unquoted | Quoting::QuoteInQuoted
+                        if ends_field(c) =>
+                    {
+                        Quoting::FieldStart
+                    }
+                    Quoting::QuoteInQuoted if c == b'"' => Quoting::Quoted,
+                    Quoting::FieldStart | Quoting::Unquoted | Quoting::QuoteInQuoted => {
+                        Quoting::Unquoted
+                    }
+                    Quoting::Quoted if c == b'"' => Quoting::QuoteInQuoted,
+                    Quoting::Quoted => Quoting::Quoted,
+                };
+            }
+        }
+        self.pos += chunk.len() as u64;
+    }
+}
+
+impl<R: Read> Read for QuoteTracker<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.track(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The 1-based line of byte `offset` of a CSV file, and the 0-based field
+/// of that line it falls in.
+fn locate(path: &Path, offset: u64, delimiter: u8) -> Result<(usize, usize)> {
+    let f = open(path)?;
+    let mut r = BufReader::new(f).take(offset);
+    let mut buf = [0u8; 64 * 1024];
+    let (mut line, mut field, mut quoted) = (1, 0, false);
+    loop {
+        let k = r.read(&mut buf).ctx("reading a CSV file")?;
+        if k == 0 {
+            return Ok((line, field));
+        }
+        for &c in &buf[..k] {
+            match c {
+                b'\n' => {
+                    line += 1;
+                    field = 0;
+                    quoted = false;
+                }
+                b'"' => quoted = !quoted,
+                c if c == delimiter && !quoted => field += 1,
+                _ => {}
+            }
+        }
     }
 }
 
@@ -189,7 +401,8 @@ fn line_range(f: &mut File, len: u64, part: usize, parts: usize) -> Result<(u64,
 }
 
 /// Reads part `part` of `parts` of a CSV file (byte ranges cut at line
-/// ends; fields must not hold line breaks).
+/// ends; fields must not hold line breaks). Errors name lines of the whole
+/// file.
 pub fn read_csv_part(
     path: &Path,
     schema: SchemaRef,
@@ -208,34 +421,10 @@ pub fn read_csv_part(
     let mut bytes = vec![0u8; (end - start) as usize];
     f.read_exact(&mut bytes).ctx("reading a CSV file")?;
     let header = options.has_header && start == 0;
-    match read_from(
-        path,
-        Cursor::new(&bytes),
-        Arc::clone(&schema),
-        options,
-        header,
-        0,
-    ) {
-        Ok(t) => Ok(t),
-        Err(FrameError::Malformed {
-            file,
-            line,
-            column,
-            reason,
-        }) => {
-            // Line numbers relative to the range: add the lines before it.
-            let before = count_lines(path, start)?;
-            Err(FrameError::Malformed {
-                file,
-                line: line + before,
-                column,
-                reason,
-            })
-        }
-        Err(e) => Err(e),
-    }
+    read_from(path, Cursor::new(&bytes), start, schema, options, header)
 }
 
+/// The number of lines that end before byte `upto`.
 fn count_lines(path: &Path, upto: u64) -> Result<usize> {
     let f = open(path)?;
     let mut r = BufReader::new(f).take(upto);
@@ -263,6 +452,9 @@ pub fn write_csv(table: &Table, path: impl AsRef<Path>) -> Result<()> {
     Ok(())
 }
 
+/// What ETTh1 is, for a missing file.
+const ETTH1: &str = "ETTh1.csv: date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT (hourly)";
+
 /// The schema of ETTh1 (`date` as a timestamp, seven `f64` columns).
 pub fn etth1_schema() -> SchemaRef {
     let mut fields = vec![Field::new(
@@ -280,10 +472,7 @@ pub fn etth1_schema() -> SchemaRef {
 /// that layout).
 pub fn read_etth1(path: impl AsRef<Path>) -> Result<Table> {
     let path = path.as_ref();
-    require(
-        path,
-        "ETTh1.csv: date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT (hourly)",
-    )?;
+    require(path, ETTH1)?;
     read_csv(path, &CsvOptions::default().with_schema(etth1_schema()))
 }
 
@@ -291,53 +480,63 @@ impl DistTable {
     /// Reads CSV files, each rank its share (whole files, or byte ranges of
     /// a file when there are fewer files than ranks). The schema is given
     /// or inferred on rank 0 and broadcast. Collective.
+    ///
+    /// The ranks agree on success after checking the paths (and inferring
+    /// the schema) and after reading their shares, before anything else is
+    /// exchanged: when one rank fails, every rank fails at once, the failing
+    /// rank with its own error and the others with
+    /// [`FrameError::FailedOnRank`] naming it and its error.
+    ///
+    /// # Errors
+    /// As [`read_csv`], on every rank; communication errors.
     pub fn read_csv(
         comm: Arc<dyn Communicator>,
         paths: &[PathBuf],
         options: &CsvOptions,
     ) -> Result<DistTable> {
+        const OP: &str = "read_csv";
         if paths.is_empty() {
-            return Err(FrameError::invalid("read_csv", "no file given"));
+            return Err(FrameError::invalid(OP, "no file given"));
         }
-        // Every rank checks every path first: a missing file fails all
-        // ranks at once instead of leaving the others in a collective.
-        for p in paths {
-            require(p, "a CSV file")?;
-        }
+        let c = comm.as_ref();
+        // Every rank checks every path; rank 0 infers the schema.
+        let checked = (|| -> Result<Bytes> {
+            for p in paths {
+                require(p, "a CSV file")?;
+            }
+            if options.schema.is_none() && c.rank() == 0 {
+                return ipc::encode_schema(infer_schema(&paths[0], options)?.as_ref());
+            }
+            Ok(Bytes::new())
+        })();
+        let mine = agree(c, OP, checked)?;
         let schema = match &options.schema {
             Some(s) => Arc::clone(s),
-            None => {
-                let mine = if comm.rank() == 0 {
-                    ipc::encode_schema(infer_schema(&paths[0], options)?.as_ref())?
-                } else {
-                    bytes::Bytes::new()
-                };
-                ipc::decode_schema_from(comm.broadcast(0, mine)?, "read_csv", 0)?
-            }
+            None => ipc::decode_schema_from(c.broadcast(0, mine)?, OP, 0)?,
         };
         let opts = options.clone().with_schema(Arc::clone(&schema));
-        let part = match share(paths.len(), comm.rank(), comm.size()) {
-            Share::Nothing => Table::empty(Arc::clone(&schema)),
-            Share::Files(files) => {
-                let mut batches = Vec::new();
-                for i in files {
-                    batches.extend(read_csv(&paths[i], &opts)?.into_batches());
+        let read = || -> Result<Table> {
+            match share(paths.len(), c.rank(), c.size()) {
+                Share::Nothing => Ok(Table::empty(Arc::clone(&schema))),
+                Share::Files(files) => {
+                    let mut batches = Vec::new();
+                    for i in files {
+                        batches.extend(read_csv(&paths[i], &opts)?.into_batches());
+                    }
+                    Table::try_new(Arc::clone(&schema), batches)
                 }
-                Table::try_new(Arc::clone(&schema), batches)?
-            }
-            Share::Piece { file, part, parts } => {
-                read_csv_part(&paths[file], Arc::clone(&schema), &opts, part, parts)?
+                Share::Piece { file, part, parts } => {
+                    read_csv_part(&paths[file], Arc::clone(&schema), &opts, part, parts)
+                }
             }
         };
+        let part = agree(c, OP, read())?;
         DistTable::new(part, comm)
     }
 
     /// Reads ETTh1 with each rank reading a byte range.
     pub fn read_etth1(comm: Arc<dyn Communicator>, path: &Path) -> Result<DistTable> {
-        require(
-            path,
-            "ETTh1.csv: date,HUFL,HULL,MUFL,MULL,LUFL,LULL,OT (hourly)",
-        )?;
+        agree(comm.as_ref(), "read_etth1", require(path, ETTH1))?;
         DistTable::read_csv(
             comm,
             &[path.to_path_buf()],
@@ -359,5 +558,64 @@ impl DistTable {
             write_csv(&t, path)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Arrow message without a line number names no line (it used to
+    /// claim line 1).
+    #[test]
+    fn errors_without_a_line_claim_none() {
+        let e = ArrowError::CsvError("Error reading CSV file".into());
+        let m = malformed(Path::new("/d/x.csv"), None, 7, Numbering::Reader, &e);
+        assert!(
+            matches!(m, FrameError::Malformed { line: None, .. }),
+            "{m:?}"
+        );
+        assert!(m.to_string().starts_with("/d/x.csv: column \"?\""), "{m}");
+        // With one, lines before the bytes read are added.
+        let e = ArrowError::CsvError("incorrect number of fields for line 3, expected 2".into());
+        let m = malformed(Path::new("/d/x.csv"), None, 7, Numbering::Reader, &e);
+        assert!(
+            matches!(m, FrameError::Malformed { line: Some(10), .. }),
+            "{m:?}"
+        );
+    }
+
+    /// The state after feeding `text` to a tracker in chunks of `chunk`.
+    fn unclosed(text: &[u8], chunk: usize) -> Option<u64> {
+        let mut t = QuoteTracker::new(std::io::empty(), b',');
+        for c in text.chunks(chunk) {
+            t.track(c);
+        }
+        t.unclosed_quote()
+    }
+
+    #[test]
+    fn quote_tracker_follows_csv_quoting_across_chunks() {
+        let cases: [(&[u8], Option<u64>); 8] = [
+            (b"a,b\n1,2\n", None),
+            (b"a,b\n1,\"x,y\"\n", None),
+            (b"a,b\n1,\"x\"\"y\"\n", None),
+            (b"a,b\n1,\"x\n2,3\n", Some(6)),
+            (b"a,b\n1,\"x\"\"\n", Some(6)),
+            // A quote inside an unquoted field is a character.
+            (b"a,b\n1,5'11\"\n2,3\n", None),
+            (b"\"a\",b\n1,2\n", None),
+            (b"a,b\n1,\"\n", Some(6)),
+        ];
+        for (text, want) in cases {
+            for chunk in 1..=text.len() {
+                assert_eq!(
+                    unclosed(text, chunk),
+                    want,
+                    "{:?} in chunks of {chunk}",
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
     }
 }

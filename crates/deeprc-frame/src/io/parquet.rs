@@ -1,9 +1,11 @@
 //! Parquet: whole files, or row groups of a file spread over the ranks.
 
+use crate::dist::agree::agree;
 use crate::dist_table::DistTable;
 use crate::error::{Context, FrameError, Result};
 use crate::io::{part_path, require};
 use crate::table::Table;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
@@ -20,6 +22,11 @@ fn builder(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
 }
 
 /// Reads a whole Parquet file.
+///
+/// # Errors
+/// [`FrameError::DataMissing`] for a missing file; [`FrameError::Parquet`]
+/// naming the file when it is not Parquet (no or a damaged footer, wrong
+/// magic, truncated pages).
 pub fn read_parquet(path: impl AsRef<Path>) -> Result<Table> {
     read_row_groups(path.as_ref(), None)
 }
@@ -62,30 +69,59 @@ pub fn write_parquet(table: &Table, path: impl AsRef<Path>) -> Result<()> {
     Ok(())
 }
 
+/// A (file, row group) pair: what ranks share when there are fewer files
+/// than ranks.
+type Unit = (usize, usize);
+
 impl DistTable {
     /// Reads Parquet files, each rank its share of the (file, row group)
     /// pairs, in order. Collective.
+    ///
+    /// Every rank first checks every path and reads the footers it needs;
+    /// the ranks agree on success then and after reading their shares, so a
+    /// file missing (or unreadable) on one rank fails every rank at once:
+    /// that rank with its own error, the others with
+    /// [`FrameError::FailedOnRank`] naming it and its error.
+    ///
+    /// # Errors
+    /// [`FrameError::DataMissing`] naming a missing file,
+    /// [`FrameError::Parquet`] naming a file that is not Parquet, on every
+    /// rank; communication errors.
     pub fn read_parquet(comm: Arc<dyn Communicator>, paths: &[PathBuf]) -> Result<DistTable> {
+        const OP: &str = "read_parquet";
         let Some(first) = paths.first() else {
-            return Err(FrameError::invalid("read_parquet", "no file given"));
+            return Err(FrameError::invalid(OP, "no file given"));
         };
-        let schema = Arc::clone(builder(first)?.schema());
-        let (rank, size) = (comm.rank(), comm.size());
-        let part = if paths.len() >= size {
-            let lo = rank * paths.len() / size;
-            let hi = (rank + 1) * paths.len() / size;
-            let mut batches = Vec::new();
-            for p in &paths[lo..hi] {
-                batches.extend(read_parquet(p)?.into_batches());
+        let c = comm.as_ref();
+        let (rank, size) = (c.rank(), c.size());
+        // The files as shares, or the (file, row group) pairs to share.
+        let plan = (|| -> Result<(SchemaRef, Option<Vec<Unit>>)> {
+            for p in paths {
+                require(p, "a Parquet file")?;
             }
-            Table::try_new(Arc::clone(&schema), batches)?
-        } else {
+            let schema = Arc::clone(builder(first)?.schema());
+            if paths.len() >= size {
+                return Ok((schema, None));
+            }
             let mut units = Vec::new();
             for (i, p) in paths.iter().enumerate() {
                 for g in 0..row_groups(p)? {
                     units.push((i, g));
                 }
             }
+            Ok((schema, Some(units)))
+        })();
+        let (schema, units) = agree(c, OP, plan)?;
+        let read = || -> Result<Table> {
+            let Some(units) = &units else {
+                let lo = rank * paths.len() / size;
+                let hi = (rank + 1) * paths.len() / size;
+                let mut batches = Vec::new();
+                for p in &paths[lo..hi] {
+                    batches.extend(read_parquet(p)?.into_batches());
+                }
+                return Table::try_new(Arc::clone(&schema), batches);
+            };
             let lo = rank * units.len() / size;
             let hi = (rank + 1) * units.len() / size;
             let mut batches = Vec::new();
@@ -99,8 +135,9 @@ impl DistTable {
                 }
                 batches.extend(read_row_groups(&paths[file], Some(groups))?.into_batches());
             }
-            Table::try_new(Arc::clone(&schema), batches)?
+            Table::try_new(Arc::clone(&schema), batches)
         };
+        let part = agree(c, OP, read())?;
         DistTable::new(part, comm)
     }
 
