@@ -25,10 +25,12 @@ use crate::{
         CommEnv, CommandSpec, LaunchRequest,
     },
     profile::{PlacementRecord, RetryHistory, TaskRecord},
+    sampler::Sampler,
     scheduler::{Shape, SlotMap},
     session::{PilotShared, SessionShared},
     sys,
     task::{current_transitions, TaskShared},
+    usage::{RankUsage, ResourceUsage, UsageAcc},
     wire::CommSpec,
     ExecutableSpec, FailReason, FunctionLaunch, GpuShare, PilotError, Placement, Result, Task,
     TaskKind, TaskState, Timestamps,
@@ -89,6 +91,9 @@ pub(crate) struct RankDone {
     pub(crate) outcome: std::result::Result<Vec<u8>, FailReason>,
     pub(crate) exit_code: Option<i32>,
     pub(crate) stderr_tail: Option<String>,
+    /// What the rank used (none when it never ran or its process could not
+    /// be measured).
+    pub(crate) usage: Option<RankUsage>,
 }
 
 /// Where one rank runs, resolved to global core and CPU numbers.
@@ -126,6 +131,7 @@ struct Running {
     comm_ns: u64,
     cancel: Option<Arc<AtomicBool>>,
     store_dir: Option<PathBuf>,
+    usage: UsageAcc,
 }
 
 struct Blocked {
@@ -148,6 +154,7 @@ struct Final {
     exec: (u64, u64),
     comm_ns: u64,
     placement_ns: u64,
+    usage: Option<Arc<ResourceUsage>>,
 }
 
 impl Final {
@@ -161,6 +168,7 @@ impl Final {
             exec: (0, 0),
             comm_ns: 0,
             placement_ns: 0,
+            usage: None,
         }
     }
 }
@@ -183,6 +191,9 @@ pub(crate) fn start(
             agent.threads.shutdown();
             agent.pool.shutdown();
             agent.procs.shutdown();
+            if let Some(s) = &agent.sampler {
+                s.stop();
+            }
         })
         .map_err(|e| PilotError::io("starting the agent thread", e))
 }
@@ -215,6 +226,7 @@ fn record_final(
         g.reason = f.reason;
         g.stderr_tail = f.stderr_tail;
         g.exit_code = f.exit_code;
+        g.usage.clone_from(&f.usage);
         if session.keep_records {
             let d = &task.desc;
             let record = TaskRecord {
@@ -231,6 +243,7 @@ fn record_final(
                 placement_ns: f.placement_ns,
                 comm_ns: f.comm_ns,
                 placement: PlacementRecord::from_placement(g.placement.as_ref()),
+                usage: f.usage,
                 history: (!g.history.is_empty()).then(|| {
                     Box::new(RetryHistory {
                         transitions: g.history.clone().into_boxed_slice(),
@@ -290,6 +303,7 @@ struct Agent {
     procs: ProcessExecutor,
     dirty: bool,
     shutdown_deadline: Option<Instant>,
+    sampler: Option<Arc<Sampler>>,
 }
 
 impl Agent {
@@ -302,7 +316,26 @@ impl Agent {
             cpu_of_core.extend(n.cpu_ids.iter().copied());
         }
         let pin = pilot.desc.pin_cpus;
-        let threads = ThreadExecutor::new(cpu_of_core.clone(), pin, tx.clone());
+        let sampler = pilot.desc.resource_sampling.and_then(|interval| {
+            let started = Sampler::start(
+                interval,
+                pilot.sandbox.join("resources.jsonl"),
+                pilot.index,
+                pilot.id.clone(),
+                pilot.session_events.clone(),
+            );
+            match started {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    pilot.session_events.push(
+                        deeprc_core::ProfileRecord::now(pilot.id.clone(), "sampler.failed")
+                            .with_attr("error", e),
+                    );
+                    None
+                }
+            }
+        });
+        let threads = ThreadExecutor::new(cpu_of_core.clone(), pin, tx.clone(), sampler.clone());
         let pool = WorkerPool::new(
             PoolConfig {
                 exe: pilot.worker_exe.clone(),
@@ -314,13 +347,14 @@ impl Agent {
                 max_frame: pilot.desc.max_message_bytes,
                 profiler: pilot.session_events.clone(),
                 pilot: pilot.id.clone(),
+                sampler: sampler.clone(),
             },
             tx.clone(),
         );
         let spawners = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 4);
-        let procs = ProcessExecutor::new(tx.clone(), pin, spawners);
+        let procs = ProcessExecutor::new(tx.clone(), pin, spawners, sampler.clone());
         Agent {
             slots: SlotMap::new(&pilot.nodes),
             pilot,
@@ -340,6 +374,7 @@ impl Agent {
             procs,
             dirty: false,
             shutdown_deadline: None,
+            sampler,
         }
     }
 
@@ -462,6 +497,7 @@ impl Agent {
                         }),
                         exit_code: None,
                         stderr_tail: Some(stderr).filter(|s| !s.is_empty()),
+                        usage: None,
                     });
                 }
             }
@@ -688,6 +724,7 @@ impl Agent {
             comm_ns: 0,
             cancel: None,
             store_dir: None,
+            usage: UsageAcc::default(),
         };
         let launched = match &t.desc.kind {
             TaskKind::Function(f) => {
@@ -749,6 +786,7 @@ impl Agent {
                 outcome: Err(why),
                 exit_code: None,
                 stderr_tail: None,
+                usage: None,
             });
         }
     }
@@ -847,6 +885,7 @@ impl Agent {
             sandbox: dir,
             pre_exec: e.pre_exec.clone(),
             mpi_results: None,
+            rank_nodes: crate::launch::process::rank_nodes(&run.placement),
         })?;
         Ok(true)
     }
@@ -958,6 +997,7 @@ impl Agent {
                 sandbox: dir,
                 pre_exec: Vec::new(),
                 mpi_results: Some((placement.ranks.len(), self.pilot.desc.max_message_bytes)),
+                rank_nodes: crate::launch::process::rank_nodes(placement),
             })?;
             Ok(())
         }
@@ -999,6 +1039,9 @@ impl Agent {
         }
         run.exec_end = run.exec_end.max(rd.exec_end);
         run.comm_ns = run.comm_ns.max(rd.comm_ns);
+        if let Some(u) = &rd.usage {
+            run.usage.add(u);
+        }
         if rd.exit_code.is_some() && run.exit_code.is_none_or(|c| c == 0) {
             run.exit_code = rd.exit_code;
         }
@@ -1048,6 +1091,10 @@ impl Agent {
         }
         let reason = run.kill_reason.clone().or(run.failure.clone());
         let task = Arc::clone(&run.task);
+        let samples = self
+            .sampler
+            .as_ref()
+            .and_then(|s| s.take(task.id, run.attempt));
         match reason {
             Some(r)
                 if r.is_retryable()
@@ -1073,6 +1120,7 @@ impl Agent {
                         exec: (run.exec_start, run.exec_end),
                         comm_ns: run.comm_ns,
                         placement_ns: run.placement_ns,
+                        usage: run.usage.finish(samples).map(Arc::new),
                     },
                 );
             }

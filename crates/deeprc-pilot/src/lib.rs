@@ -23,7 +23,11 @@
 //!   a panic, an error, a non-zero exit, a signal, a crashed worker or a
 //!   timeout fails that task alone, with a typed [`FailReason`].
 //! - Profiles: per-task records exported as JSON Lines, CSV and a Chrome
-//!   trace, and a [`Summary`] (throughput, overheads, utilisation).
+//!   trace, and a [`Summary`] (throughput, overheads, utilisation); each
+//!   task's CPU time and peak memory from the operating system
+//!   ([`Task::resources`], [`ResourceUsage`]) and, for long tasks, sampled
+//!   CPU utilisation and memory over time ([`ResourceSample`], counter
+//!   tracks in the trace).
 //!
 //! ```
 //! use deeprc_pilot::{PilotDescription, Registry, Session, TaskDescription, TaskState};
@@ -60,7 +64,12 @@
 //!   communicator (forwards to `deeprc-comm/mpi`). Without it such tasks are
 //!   rejected at submission with [`PilotError::NotCompiled`]; executables
 //!   launched with [`Mpirun`] need no feature.
-#![forbid(unsafe_code)]
+//! - `nvml`: GPU memory and utilisation of tasks with GPUs in the resource
+//!   samples and [`ResourceUsage::gpu`], through NVML (`nvml-wrapper`,
+//!   which loads `libnvidia-ml` at run time; without a driver nothing is
+//!   sampled and the pilot says so once).
+// One unsafe block: `wait4` in usage.rs (nix does not wrap it).
+#![deny(unsafe_code)]
 
 mod agent;
 mod description;
@@ -70,11 +79,14 @@ mod profile;
 mod reaper;
 mod registry;
 mod resource;
+mod sampler;
 mod scheduler;
 mod session;
 mod state;
 mod sys;
 mod task;
+#[allow(unsafe_code)]
+mod usage;
 mod wire;
 pub mod worker;
 
@@ -89,7 +101,9 @@ pub use registry::{Registry, TaskContext};
 pub use resource::{
     GpuShare, LocalResources, NodeSpec, Placement, RankPlacement, ResourceProvider,
 };
+pub use sampler::ResourceSample;
 pub use session::{Callback, Pilot, PilotManager, Session, SessionBuilder, TaskManager};
 pub use state::{signal_name, FailReason, PilotState, TaskState};
 pub use sys::current_rss_bytes;
 pub use task::{Task, Timestamps};
+pub use usage::{GpuUsage, ResourceUsage, RssScope};

@@ -10,10 +10,10 @@
 //! | `state.new`, `state.scheduling`, `state.executing`, `state.done` / `state.failed` / `state.canceled` | each transition (every attempt) | – |
 //! | `comm.create` | the communicator creation started | its creation time |
 //! | `exec.start` (attr `placement`) | the payload started (its communicator made) | – |
-//! | `exec.stop` | the payload ended | from `exec.start` |
+//! | `exec.stop` (attrs: the [`ResourceUsage`]: `cpu_s`, `user_cpu_s`, `sys_cpu_s`, `thread_cpu_s`, `max_rss_kib`, `rss_scope`, `samples`, GPU figures) | the payload ended | from `exec.start` |
 //! | `schedule.place` | the scheduler placed the task | its decision time |
 
-use crate::{FailReason, Placement, TaskState, Timestamps};
+use crate::{sampler::ResourceSample, FailReason, Placement, ResourceUsage, TaskState, Timestamps};
 use deeprc_core::{ProfileRecord, TaskId};
 use serde::Serialize;
 use std::{
@@ -112,6 +112,8 @@ pub struct TaskRecord {
     pub comm_ns: u64,
     /// Where its last attempt ran.
     pub placement: PlacementRecord,
+    /// What its last attempt used (out of line; `None` if it never ran).
+    pub usage: Option<Arc<ResourceUsage>>,
     /// Its earlier attempts (retried tasks only).
     pub history: Option<Box<RetryHistory>>,
 }
@@ -217,6 +219,9 @@ impl TaskRecord {
             if self.ts.exec_end != 0 {
                 let mut r = base(self.ts.exec_end, "exec.stop");
                 r.duration_ns = Some(self.ts.exec_end.saturating_sub(self.ts.exec_start));
+                if let Some(u) = &self.usage {
+                    r.attrs = u.attrs();
+                }
                 out.push(r);
             }
         }
@@ -321,6 +326,14 @@ pub struct Summary {
     pub core_utilization: f64,
     /// Busy GPU-seconds over available GPU-seconds (0..1; 0 without GPUs).
     pub gpu_utilization: f64,
+    /// The tasks' CPU seconds added up ([`ResourceUsage::cpu_s`]: thread
+    /// clocks for thread ranks, user + system time otherwise).
+    pub cpu_s: f64,
+    /// `cpu_s` over available core-seconds (0..1): how busy the cores
+    /// really were, where `core_utilization` counts reserved cores.
+    pub cpu_utilization: f64,
+    /// The largest peak RSS of a task, in KiB.
+    pub max_rss_kib: u64,
 }
 
 impl Summary {
@@ -351,6 +364,11 @@ impl Summary {
         let busy_gpus: f64 = ran
             .iter()
             .map(|r| r.exec_time().as_secs_f64() * f64::from(r.gpus))
+            .sum();
+        let cpu_s: f64 = records
+            .iter()
+            .filter_map(|r| r.usage.as_deref())
+            .map(ResourceUsage::cpu_s)
             .sum();
         Summary {
             tasks: records.len(),
@@ -408,6 +426,18 @@ impl Summary {
             } else {
                 0.0
             },
+            cpu_s,
+            cpu_utilization: if span > 0.0 && cores > 0 {
+                cpu_s / (span * cores as f64)
+            } else {
+                0.0
+            },
+            max_rss_kib: records
+                .iter()
+                .filter_map(|r| r.usage.as_deref())
+                .map(|u| u.max_rss_kib)
+                .max()
+                .unwrap_or(0),
         }
     }
 }
@@ -425,11 +455,18 @@ impl fmt::Display for Summary {
         writeln!(f, "completion overhead {}", self.completion_overhead)?;
         writeln!(f, "task overhead       {}", self.task_overhead)?;
         writeln!(f, "comm creation       {}", self.comm_creation)?;
-        write!(
+        writeln!(
             f,
             "utilisation         cores {:.1}%, GPUs {:.1}%",
             self.core_utilization * 100.0,
             self.gpu_utilization * 100.0
+        )?;
+        write!(
+            f,
+            "CPU time            {:.3}s ({:.1}% of the cores), largest task peak RSS {:.1} MiB",
+            self.cpu_s,
+            self.cpu_utilization * 100.0,
+            self.max_rss_kib as f64 / 1024.0
         )
     }
 }
@@ -443,8 +480,12 @@ pub struct ProfileFiles {
     /// The same as CSV (`profile.csv`).
     pub csv: PathBuf,
     /// A Chrome trace / Perfetto timeline (`trace.json`): one track per
-    /// core, one slice per task rank.
+    /// core, one slice per task rank, counter tracks of the resource
+    /// samples.
     pub chrome_trace: PathBuf,
+    /// The resource samples of every pilot (`resources.jsonl`, one
+    /// [`ResourceSample`] a line; empty without samples).
+    pub resources: PathBuf,
     /// The [`Summary`] as JSON (`summary.json`).
     pub summary: PathBuf,
 }
@@ -523,14 +564,48 @@ pub(crate) struct TracePilot {
     pub(crate) nodes: Vec<(String, usize)>,
 }
 
+/// The trace arguments of a task's slices.
+fn slice_args(r: &TaskRecord) -> serde_json::Value {
+    let mut args = serde_json::json!({
+        "state": r.state.as_str(),
+        "attempts": r.attempts,
+        "comm_us": r.comm_ns as f64 / 1000.0,
+    });
+    if let (Some(u), Some(m)) = (r.usage.as_deref(), args.as_object_mut()) {
+        m.insert("cpu_s".into(), serde_json::json!(u.cpu_s()));
+        m.insert("user_cpu_s".into(), serde_json::json!(u.user_cpu_s));
+        m.insert("sys_cpu_s".into(), serde_json::json!(u.sys_cpu_s));
+        if let Some(t) = u.thread_cpu_s {
+            m.insert("thread_cpu_s".into(), serde_json::json!(t));
+        }
+        m.insert("max_rss_mib".into(), serde_json::json!(u.max_rss_mib()));
+        m.insert("rss_scope".into(), serde_json::json!(u.rss_scope.as_str()));
+        if let Some(g) = &u.gpu {
+            m.insert(
+                "gpu_max_memory_mib".into(),
+                serde_json::json!(g.max_memory_kib as f64 / 1024.0),
+            );
+            m.insert(
+                "gpu_mean_utilization_pct".into(),
+                serde_json::json!(g.mean_utilization_pct),
+            );
+        }
+    }
+    args
+}
+
 /// Writes a Chrome trace (`chrome://tracing`, <https://ui.perfetto.dev>):
 /// one process per pilot node, one thread per core, one complete event
-/// per task rank and core from payload start to end, plus the task's
-/// waiting time as an async slice.
+/// per task rank and core from payload start to end (args: state,
+/// attempts, communicator time, CPU time and peak memory), and counter
+/// tracks (`"ph":"C"`) per sampled task rank: `<task> r<rank> cpu %`,
+/// `<task> r<rank> rss MiB` (and GPU ones), in the process of its node,
+/// dropping to 0 at the task's end.
 pub(crate) fn write_chrome_trace(
     path: &Path,
     pilots: &[TracePilot],
     records: &[TaskRecord],
+    samples: &[ResourceSample],
     origin_ns: u64,
 ) -> crate::Result<()> {
     let err = io_err(path);
@@ -576,14 +651,68 @@ pub(crate) fn write_chrome_trace(
             r.ts.finished
         };
         let dur = us(end) - us(r.ts.exec_start);
+        let args = slice_args(r);
         for (node, core) in r.placement.cores() {
             ev(
                 &mut out,
                 serde_json::json!({"name":format!("{} {}", r.id, r.name),"cat":&*r.kind,"ph":"X",
                     "ts":us(r.ts.exec_start),"dur":dur.max(0.0),"pid":pid(r.pilot as usize, node),"tid":core,
-                    "args":{"state":r.state.as_str(),"attempts":r.attempts,"comm_us":r.comm_ns as f64/1000.0}}),
+                    "args":&args}),
             )
             .map_err(&err)?;
+        }
+    }
+    // Counter tracks: one per task rank and measure.
+    let mut last: std::collections::BTreeMap<(String, u32, u32), (u32, u32, bool)> =
+        std::collections::BTreeMap::new();
+    for s in samples {
+        let p = pid(s.pilot as usize, s.node as usize);
+        let name = |what: &str| format!("{} r{} {what}", s.task, s.rank);
+        let mut series: Vec<(String, f64)> = Vec::with_capacity(4);
+        if let Some(c) = s.cpu_pct {
+            series.push((name("cpu %"), c));
+        }
+        series.push((name("rss MiB"), s.rss_kib as f64 / 1024.0));
+        if let Some(m) = s.gpu_memory_kib {
+            series.push((name("gpu mem MiB"), m as f64 / 1024.0));
+        }
+        if let Some(u) = s.gpu_utilization_pct {
+            series.push((name("gpu %"), u));
+        }
+        for (n, v) in series {
+            ev(
+                &mut out,
+                serde_json::json!({"name":n,"ph":"C","ts":us(s.t_ns),"pid":p,"args":{"value":v}}),
+            )
+            .map_err(&err)?;
+        }
+        last.insert(
+            (s.task.clone(), s.attempt, s.rank),
+            (p as u32, s.pilot, s.gpu_memory_kib.is_some()),
+        );
+    }
+    if !last.is_empty() {
+        let ends: std::collections::HashMap<String, u64> = records
+            .iter()
+            .filter(|r| r.ts.exec_end != 0)
+            .map(|r| (r.id.to_string(), r.ts.exec_end))
+            .collect();
+        for ((task, _attempt, rank), (p, _pilot, gpu)) in &last {
+            let Some(&end) = ends.get(task) else {
+                continue;
+            };
+            let mut names = vec!["cpu %", "rss MiB"];
+            if *gpu {
+                names.extend(["gpu mem MiB", "gpu %"]);
+            }
+            for what in names {
+                ev(
+                    &mut out,
+                    serde_json::json!({"name":format!("{task} r{rank} {what}"),"ph":"C",
+                        "ts":us(end),"pid":p,"args":{"value":0}}),
+                )
+                .map_err(&err)?;
+            }
         }
     }
     out.write_all(b"\n]}\n").map_err(&err)?;
@@ -616,6 +745,7 @@ mod tests {
             placement_ns: 5,
             comm_ns: 0,
             placement: PlacementRecord::Single { node: 0, core: 0 },
+            usage: None,
             history: None,
         }
     }

@@ -8,7 +8,12 @@
 //! itself are never reaped here: while such a zombie waits for its owner,
 //! the reaper polls its own children every half millisecond instead of
 //! blocking. One reaper serves every session of the process.
+//!
+//! Children are reaped with `wait4` (not `Child::wait`), which also
+//! returns their rusage: CPU time and peak RSS of the child and of the
+//! descendants it waited for ([`ChildExit`]).
 
+use crate::usage::{wait4, ChildExit};
 use nix::{
     errno::Errno,
     sys::{
@@ -18,17 +23,22 @@ use nix::{
 };
 use std::{
     collections::HashMap,
-    process::{Child, Command, ExitStatus},
+    process::{Child, Command},
     sync::{Condvar, Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
 /// What to do when a child exits.
-pub(crate) type OnExit = Box<dyn FnOnce(std::io::Result<ExitStatus>) + Send>;
+pub(crate) type OnExit = Box<dyn FnOnce(std::io::Result<ChildExit>) + Send>;
 
 struct Watched {
+    /// Kept for its pid and handles only: the child is reaped with `wait4`,
+    /// never through it.
     child: Child,
     on_exit: OnExit,
+    /// This process's peak RSS (KiB) when the child had been started: a
+    /// bound on what Linux counts of the child's memory before its `exec`.
+    spawner_max_rss_kib: u64,
 }
 
 #[derive(Default)]
@@ -72,11 +82,20 @@ impl Reaper {
     pub(crate) fn spawn(&self, cmd: &mut Command, on_exit: OnExit) -> std::io::Result<u32> {
         self.lock().spawning += 1;
         let spawned = cmd.spawn();
+        // After the child's exec (`spawn` returns after it): see ChildExit.
+        let spawner_max_rss_kib = crate::usage::self_usage().1;
         let mut st = self.lock();
         st.spawning -= 1;
         let out = spawned.map(|child| {
             let pid = child.id();
-            st.children.insert(pid, Watched { child, on_exit });
+            st.children.insert(
+                pid,
+                Watched {
+                    child,
+                    on_exit,
+                    spawner_max_rss_kib,
+                },
+            );
             pid
         });
         drop(st);
@@ -157,30 +176,47 @@ impl Reaper {
         }
     }
 
-    fn finish(mut w: Watched) {
-        let status = w.child.wait();
-        (w.on_exit)(status);
+    fn finish(w: Watched) {
+        let exit = wait4(w.child.id(), false)
+            .and_then(|e| e.ok_or_else(|| std::io::Error::other("wait4 returned no child")));
+        Self::report(w, exit);
+    }
+
+    fn report(w: Watched, exit: std::io::Result<ChildExit>) {
+        // Reaped: dropping the `Child` only closes its handles.
+        let Watched {
+            child,
+            on_exit,
+            spawner_max_rss_kib,
+        } = w;
+        drop(child);
+        on_exit(exit.map(|mut e| {
+            e.spawner_max_rss_kib = spawner_max_rss_kib;
+            e
+        }));
     }
 
     /// A foreign zombie is present: poll our children until it is gone.
     fn poll_until_no_foreign_zombie(&self) {
         loop {
             std::thread::sleep(Duration::from_micros(500));
-            let exited: Vec<Watched> = {
+            let exited: Vec<(Watched, std::io::Result<ChildExit>)> = {
                 let mut st = self.lock();
-                let done: Vec<u32> = st
+                let done: Vec<(u32, std::io::Result<ChildExit>)> = st
                     .children
-                    .iter_mut()
-                    .filter_map(|(&pid, w)| {
-                        (!matches!(w.child.try_wait(), Ok(None))).then_some(pid)
+                    .keys()
+                    .filter_map(|&pid| match wait4(pid, true) {
+                        Ok(None) => None,
+                        Ok(Some(e)) => Some((pid, Ok(e))),
+                        Err(e) => Some((pid, Err(e))),
                     })
                     .collect();
-                done.iter()
-                    .filter_map(|pid| st.children.remove(pid))
+                done.into_iter()
+                    .filter_map(|(pid, e)| st.children.remove(&pid).map(|w| (w, e)))
                     .collect()
             };
-            for w in exited {
-                Self::finish(w);
+            for (w, e) in exited {
+                Self::report(w, e);
             }
             match waitid(
                 Id::All,
@@ -221,7 +257,7 @@ mod tests {
                 .unwrap()
                 .spawn(
                     Command::new("/bin/sh").args(["-c", &format!("exit {code}")]),
-                    Box::new(move |st| tx.send(st.unwrap().code()).unwrap()),
+                    Box::new(move |st| tx.send(st.unwrap().status.code()).unwrap()),
                 )
                 .unwrap();
         }

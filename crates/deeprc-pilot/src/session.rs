@@ -345,8 +345,9 @@ impl Session {
         Summary::compute(&lock(&self.shared.records), cores, gpus)
     }
 
-    /// Writes `profile.jsonl`, `profile.csv`, `trace.json` (Chrome trace)
-    /// and `summary.json` into `dir`.
+    /// Writes `profile.jsonl`, `profile.csv`, `trace.json` (Chrome trace),
+    /// `resources.jsonl` (the resource samples) and `summary.json` into
+    /// `dir`.
     pub fn write_profile(&self, dir: &Path) -> Result<ProfileFiles> {
         write_profile(&self.shared, dir)
     }
@@ -373,6 +374,7 @@ fn write_profile(s: &SessionShared, dir: &Path) -> Result<ProfileFiles> {
         jsonl: dir.join("profile.jsonl"),
         csv: dir.join("profile.csv"),
         chrome_trace: dir.join("trace.json"),
+        resources: dir.join("resources.jsonl"),
         summary: dir.join("summary.json"),
     };
     let pilots: Vec<Arc<PilotShared>> = lock(&s.pilots).clone();
@@ -390,7 +392,29 @@ fn write_profile(s: &SessionShared, dir: &Path) -> Result<ProfileFiles> {
             nodes: p.nodes.iter().map(|n| (n.name.clone(), n.cores)).collect(),
         })
         .collect();
-    profile::write_chrome_trace(&files.chrome_trace, &trace, &records, s.created_ns)?;
+    // The pilots' resource samples, merged (each pilot's sampler appends to
+    // its own file in the pilot sandbox as its tasks run).
+    let mut samples = Vec::new();
+    let mut merged = Vec::new();
+    for p in &pilots {
+        let path = p.sandbox.join("resources.jsonl");
+        if let Ok(bytes) = std::fs::read(&path) {
+            merged.extend_from_slice(&bytes);
+            if !merged.is_empty() && !merged.ends_with(b"\n") {
+                merged.push(b'\n');
+            }
+            samples.extend(crate::sampler::read_samples(&path));
+        }
+    }
+    std::fs::write(&files.resources, &merged)
+        .map_err(|e| PilotError::io(format!("writing {}", files.resources.display()), e))?;
+    profile::write_chrome_trace(
+        &files.chrome_trace,
+        &trace,
+        &records,
+        &samples,
+        s.created_ns,
+    )?;
     let summary = Summary::compute(&records, cores, gpus);
     let text = serde_json::to_string_pretty(&summary).map_err(|source| PilotError::Encode {
         context: "encoding the summary".to_string(),

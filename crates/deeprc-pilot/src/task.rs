@@ -5,6 +5,7 @@ use crate::{
     registry::RawFn,
     scheduler::Shape,
     session::{PilotShared, TmgrShared},
+    usage::ResourceUsage,
     FailReason, PilotError, Placement, Result, TaskDescription, TaskKind, TaskState,
 };
 use deeprc_core::TaskId;
@@ -59,6 +60,8 @@ pub(crate) struct TaskInner {
     pub(crate) outputs: Vec<Vec<u8>>,
     pub(crate) sandbox: Option<PathBuf>,
     pub(crate) comm_ns: u64,
+    /// What its last attempt used (shared with its profile record).
+    pub(crate) usage: Option<Arc<ResourceUsage>>,
     /// Transitions of earlier attempts (only for retried tasks).
     pub(crate) history: Vec<(TaskState, u64)>,
     /// Why each earlier attempt failed (only for retried tasks).
@@ -278,6 +281,14 @@ impl Task {
     /// How long creating its communicator took (multi-rank function tasks).
     pub fn comm_creation_time(&self) -> Duration {
         Duration::from_nanos(self.shared.lock().comm_ns)
+    }
+
+    /// What its last attempt used: CPU time and peak memory as the
+    /// operating system counts them (and GPU figures with the feature
+    /// `nvml`); `None` until it is final, and for a task that never ran.
+    /// See [`ResourceUsage`] for what each kind of task measures.
+    pub fn resources(&self) -> Option<ResourceUsage> {
+        self.shared.lock().usage.as_deref().cloned()
     }
 
     /// How many times it ran (1 + retries used).

@@ -1,14 +1,31 @@
 //! The frames between the agent and its worker processes, over a Unix
 //! socket: `[u32 length][u8 kind][payload]`, little-endian, hand-encoded
 //! (a null task is a few dozen bytes each way).
+//!
+//! Every frame is length-checked (against the pilot's message limit) and
+//! decoded field by field, to its last byte: a frame that is too short or
+//! too long is an error. A worker's `Hello` carries [`PROTOCOL_VERSION`],
+//! and the agent refuses a worker that speaks another version (a worker
+//! executable built from another deeprc-pilot) with a message saying so.
+//!
+//! | version | change |
+//! |---|---|
+//! | 1 | (no version field) |
+//! | 2 | `Hello` ends with the version; `Done` ends with the rank's resource usage |
 
-use crate::GpuShare;
+use crate::{
+    usage::{CpuTimes, RankUsage, RssScope},
+    GpuShare,
+};
 use std::io::{self, Read, Write};
 
 pub(crate) const HELLO: u8 = 1;
 pub(crate) const RUN: u8 = 2;
 pub(crate) const EXIT: u8 = 3;
 pub(crate) const DONE: u8 = 4;
+
+/// The version of these frames (see the module docs).
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame accepted by default (arguments and results included):
 /// 1 GiB. A pilot sets its own with
@@ -21,7 +38,10 @@ pub(crate) const MIN_MAX_FRAME: u64 = 4096;
 
 /// The bytes of a `Done` frame besides its payload: the length and kind,
 /// the fixed fields and the payload's length.
-pub(crate) const DONE_OVERHEAD: u64 = 4 + 1 + 8 + 4 + 4 + 8 + 8 + 8 + 1 + 4;
+pub(crate) const DONE_OVERHEAD: u64 = 4 + 1 + 8 + 4 + 4 + 8 + 8 + 8 + 1 + 4 + USAGE_BYTES;
+
+/// The encoded size of a rank's resource usage in a `Done` frame.
+const USAGE_BYTES: u64 = 1 + 8 + 8 + 8 + 1;
 
 /// Builds one frame.
 pub(crate) struct Enc {
@@ -131,6 +151,21 @@ impl<'a> Dec<'a> {
     pub(crate) fn str(&mut self) -> io::Result<&'a str> {
         std::str::from_utf8(self.bytes()?)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "invalid UTF-8 in frame"))
+    }
+
+    /// Fails unless every byte of the frame was read.
+    pub(crate) fn end(&self) -> io::Result<()> {
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} unexpected bytes at the end of a frame",
+                    self.buf.len() - self.pos
+                ),
+            ))
+        }
     }
 }
 
@@ -260,6 +295,7 @@ impl RunMsg<'_> {
                 max_frame_bytes: d.u64()?,
             },
         };
+        d.end()?;
         Ok(RunMsg {
             task,
             attempt,
@@ -298,6 +334,8 @@ pub(crate) struct DoneMsg {
     pub(crate) comm_ns: u64,
     pub(crate) status: Status,
     pub(crate) payload: Vec<u8>,
+    /// What the rank used, as the worker measured it.
+    pub(crate) usage: Option<RankUsage>,
 }
 
 impl DoneMsg {
@@ -330,10 +368,26 @@ impl DoneMsg {
             .u64(self.comm_ns)
             .u8(self.status as u8)
             .bytes(&self.payload);
+        match &self.usage {
+            None => {
+                e.u8(0).u64(0).u64(0).u64(0).u8(0);
+            }
+            Some(u) => {
+                e.u8(1)
+                    .u64(u.cpu.user_ns)
+                    .u64(u.cpu.sys_ns)
+                    .u64(u.max_rss_kib)
+                    .u8(match u.rss_scope {
+                        RssScope::Task => 0,
+                        RssScope::Process => 1,
+                        RssScope::AtMost => 2,
+                    });
+            }
+        }
     }
 
     pub(crate) fn decode(d: &mut Dec<'_>) -> io::Result<DoneMsg> {
-        Ok(DoneMsg {
+        let msg = DoneMsg {
             task: d.u64()?,
             attempt: d.u32()?,
             rank: d.u32()?,
@@ -348,7 +402,23 @@ impl DoneMsg {
                 _ => Status::Comm,
             },
             payload: d.bytes()?.to_vec(),
-        })
+            usage: {
+                let some = d.u8()?;
+                let (user_ns, sys_ns, max_rss_kib, scope) = (d.u64()?, d.u64()?, d.u64()?, d.u8()?);
+                (some == 1).then_some(RankUsage {
+                    cpu: CpuTimes { user_ns, sys_ns },
+                    max_rss_kib,
+                    rss_scope: match scope {
+                        1 => RssScope::Process,
+                        2 => RssScope::AtMost,
+                        _ => RssScope::Task,
+                    },
+                    thread: None,
+                })
+            },
+        };
+        d.end()?;
+        Ok(msg)
     }
 }
 
@@ -409,6 +479,15 @@ mod tests {
             comm_ns: 5,
             status: Status::Panic,
             payload: b"boom".to_vec(),
+            usage: Some(RankUsage {
+                cpu: CpuTimes {
+                    user_ns: 3,
+                    sys_ns: 4,
+                },
+                max_rss_kib: 5,
+                rss_scope: RssScope::Task,
+                thread: None,
+            }),
         };
         let mut e = Enc::new(DONE);
         done.encode(&mut e);
@@ -418,7 +497,19 @@ mod tests {
             Some(DONE)
         );
         assert_eq!(DoneMsg::decode(&mut Dec::new(&buf)).unwrap(), done);
-        // Truncated input is an error, not a panic.
+        // Truncated input is an error, not a panic; so are extra bytes.
         assert!(DoneMsg::decode(&mut Dec::new(&buf[..5])).is_err());
+        assert!(DoneMsg::decode(&mut Dec::new(&buf[..buf.len() - 1])).is_err());
+        let mut longer = buf.clone();
+        longer.push(0);
+        assert!(DoneMsg::decode(&mut Dec::new(&longer)).is_err());
+        // The fixed part of a `Done` frame is what DONE_OVERHEAD says.
+        let empty = DoneMsg {
+            payload: Vec::new(),
+            ..done
+        };
+        let mut e = Enc::new(DONE);
+        empty.encode(&mut e);
+        assert_eq!(e.len(), DONE_OVERHEAD);
     }
 }

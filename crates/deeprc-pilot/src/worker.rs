@@ -41,6 +41,7 @@ use crate::{
     },
     registry::TaskContext,
     sys,
+    usage::{CallMeter, RankUsage},
     wire::{self, CommSpec, Dec, DoneMsg, Enc, RunMsg, Status},
     Registry,
 };
@@ -150,7 +151,11 @@ fn pool_main(registry: &Registry) -> i32 {
         }
     };
     let mut hello = Enc::new(wire::HELLO);
-    hello.u32(core as u32).u32(std::process::id()).str(&token);
+    hello
+        .u32(core as u32)
+        .u32(std::process::id())
+        .str(&token)
+        .u32(wire::PROTOCOL_VERSION);
     if let Err(e) = wire::write_frame(&mut writer, &mut hello) {
         eprintln!("deeprc-pilot worker: saying hello: {e}");
         return 3;
@@ -216,11 +221,11 @@ fn run_rank(registry: &Registry, msg: &RunMsg<'_>, pinned: &mut Vec<usize>) -> D
                     let now = now_ns();
                     return done(
                         msg,
-                        now,
-                        now,
+                        (now, now),
                         t0.elapsed(),
                         Status::Comm,
                         e.to_string().into_bytes(),
+                        None,
                     );
                 }
             }
@@ -231,11 +236,11 @@ fn run_rank(registry: &Registry, msg: &RunMsg<'_>, pinned: &mut Vec<usize>) -> D
 
 fn done(
     msg: &RunMsg<'_>,
-    start: u64,
-    end: u64,
+    (start, end): (u64, u64),
     comm: Duration,
     status: Status,
     payload: Vec<u8>,
+    usage: Option<RankUsage>,
 ) -> DoneMsg {
     DoneMsg {
         task: msg.task,
@@ -246,6 +251,7 @@ fn done(
         comm_ns: comm.as_nanos() as u64,
         status,
         payload,
+        usage,
     }
 }
 
@@ -261,11 +267,11 @@ fn execute(
         let text = format!("no function named {:?} in the worker's registry", msg.func);
         return done(
             msg,
-            exec_start,
-            now_ns(),
+            (exec_start, now_ns()),
             comm_time,
             Status::Error,
             text.into_bytes(),
+            None,
         );
     };
     let cell = OnceLock::new();
@@ -286,8 +292,12 @@ fn execute(
         comm_config: CommConfig::default(),
         canceled: None,
     };
+    // This process's CPU time and peak memory over the call (the worker
+    // runs one rank at a time).
+    let meter = CallMeter::start();
     let out = catch_unwind(AssertUnwindSafe(|| (entry.func)(&ctx, msg.args)));
     drop(ctx);
+    let usage = meter.stop();
     let exec_end = now_ns();
     let (status, payload) = match out {
         Ok(Ok(v)) => (Status::Ok, v),
@@ -301,7 +311,14 @@ fn execute(
             (Status::Panic, text.into_bytes())
         }
     };
-    done(msg, exec_start, exec_end, comm_time, status, payload)
+    done(
+        msg,
+        (exec_start, exec_end),
+        comm_time,
+        status,
+        payload,
+        Some(usage),
+    )
 }
 
 fn mpi_result_path(dir: &Path, rank: usize) -> PathBuf {

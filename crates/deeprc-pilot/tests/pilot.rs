@@ -8,6 +8,8 @@
 //! bug shows as a failure instead of a hang.
 
 mod common;
+#[path = "pilot/resources.rs"]
+mod resources;
 #[path = "pilot/robustness.rs"]
 mod robustness;
 

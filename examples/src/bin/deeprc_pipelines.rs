@@ -172,6 +172,11 @@ struct TaskTimes {
     overhead: f64,
     /// Waiting for slots and dependencies.
     queued: f64,
+    /// The task's CPU seconds as the pilot measured them (thread ranks:
+    /// their thread clocks, which miss libtorch's own intra-op threads).
+    cpu_s: Option<f64>,
+    /// Its peak RSS in MiB (for thread ranks the host's, not separable).
+    max_rss_mib: Option<f64>,
 }
 
 fn times(name: &str, t: &Task) -> TaskTimes {
@@ -190,6 +195,8 @@ fn times(name: &str, t: &Task) -> TaskTimes {
         payload: s(ts.exec_start, ts.exec_end),
         overhead: s(ts.executing, ts.exec_start) + s(ts.exec_end, ts.finished),
         queued: s(ts.scheduling, ts.executing),
+        cpu_s: t.resources().map(|u| u.cpu_s()),
+        max_rss_mib: t.resources().map(|u| u.max_rss_mib()),
     }
 }
 
@@ -232,9 +239,10 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
         .registry(registry)
         .profile_dir(out.join("pilot"))
         .build()?;
+    let pilot_cores = cpus.max(a.ranks);
     let pilot = session
         .pilot_manager()
-        .submit(PilotDescription::local().cores(cpus.max(a.ranks)))?;
+        .submit(PilotDescription::local().cores(pilot_cores))?;
     let tm = session.task_manager();
     tm.add_pilot(&pilot)?;
     let t_pilot = Instant::now();
@@ -400,7 +408,7 @@ fn run(registry: deeprc_pilot::Registry) -> Result<(), Error> {
         &a,
         &out,
         &task_times,
-        pilot_seconds,
+        (pilot_seconds, pilot_cores),
         &hydro_pilot,
         &train_pilot,
         metrics.as_ref(),
@@ -426,7 +434,7 @@ fn write_report(
     a: &Args,
     out: &Path,
     tasks: &[TaskTimes],
-    pilot_seconds: f64,
+    (pilot_seconds, pilot_cores): (f64, usize),
     hydros: &[(String, Option<HydroSummary>)],
     trains: &[(String, Option<TrainSummary>)],
     metrics: Option<&deeprc_frame::Table>,
@@ -619,13 +627,15 @@ fn write_report(
 
     md.push_str("\n## Pilot overhead against bare metal\n\n");
     let mut rows = Vec::new();
-    let mut add = |name: &str, queued: f64, payload: f64, overhead: f64, bare: Option<f64>| {
+    let mut add = |t: &TaskTimes, bare: Option<f64>| {
         rows.push(vec![
-            name.to_string(),
-            format!("{queued:.2}"),
-            format!("{payload:.2}"),
-            format!("{:.2}", overhead * 1e3),
-            format!("{:.3}", 100.0 * overhead / payload.max(1e-9)),
+            t.name.clone(),
+            format!("{:.2}", t.queued),
+            format!("{:.2}", t.payload),
+            format!("{:.2}", t.overhead * 1e3),
+            format!("{:.3}", 100.0 * t.overhead / t.payload.max(1e-9)),
+            t.cpu_s.map_or("-".into(), |c| format!("{c:.2}")),
+            t.max_rss_mib.map_or("-".into(), |m| format!("{m:.1}")),
             bare.map_or("-".into(), |b| format!("{b:.2}")),
         ]);
     };
@@ -641,24 +651,31 @@ fn write_report(
                 .find(|b| format!("train {}", b.0) == t.name)
                 .and_then(|b| b.1.as_ref().map(|x| x.1))
         };
-        add(&t.name, t.queued, t.payload, t.overhead, bare);
+        add(t, bare);
     }
     let preds: Vec<&TaskTimes> = tasks
         .iter()
         .filter(|t| t.name.starts_with("predict"))
         .collect();
     if !preds.is_empty() {
-        let payload: f64 = preds.iter().map(|t| t.payload).sum();
-        let overhead: f64 = preds.iter().map(|t| t.overhead).sum();
-        let queued: f64 = preds.iter().map(|t| t.queued).sum();
         let bare: f64 = bare_train.iter().map(|b| b.2).sum();
-        add(
-            &format!("{} prediction tasks (sum)", preds.len()),
-            queued,
-            payload,
-            overhead,
-            (!bare_train.is_empty()).then_some(bare),
-        );
+        let sum = TaskTimes {
+            name: format!(
+                "{} prediction tasks (sum; peak RSS: the largest)",
+                preds.len()
+            ),
+            state: TaskState::Done,
+            reason: String::new(),
+            payload: preds.iter().map(|t| t.payload).sum(),
+            overhead: preds.iter().map(|t| t.overhead).sum(),
+            queued: preds.iter().map(|t| t.queued).sum(),
+            cpu_s: preds.iter().map(|t| t.cpu_s).sum(),
+            max_rss_mib: preds
+                .iter()
+                .map(|t| t.max_rss_mib)
+                .try_fold(0f64, |m, r| r.map(|r| m.max(r))),
+        };
+        add(&sum, (!bare_train.is_empty()).then_some(bare));
     }
     md.push_str(&markdown_table(
         &[
@@ -667,6 +684,8 @@ fn write_report(
             "run under the pilot (s)",
             "pilot overhead (ms)",
             "overhead (% of task)",
+            "CPU (s)",
+            "peak RSS (MiB)",
             "bare metal (s)",
         ],
         &rows,
@@ -676,9 +695,12 @@ fn write_report(
         &report::csv(
             &[
                 "task",
+                "queued_s",
                 "pilot_s",
                 "overhead_ms",
                 "overhead_pct",
+                "cpu_s",
+                "max_rss_mib",
                 "bare_metal_s",
             ],
             &rows,
@@ -687,6 +709,11 @@ fn write_report(
     md.push_str(&format!(
         "\nOverhead is the pilot's launch (EXECUTING to the function's start, communicator creation included) plus completion (the function's end to DONE), from the task timestamps; the paper reports 3 to 6 s per pipeline. All {} tasks took {pilot_seconds:.1} s under one pilot; the profile and the Chrome trace are in `pilot/`.\n",
         tasks.len()
+    ));
+    let cpu: f64 = tasks.iter().filter_map(|t| t.cpu_s).sum();
+    md.push_str(&format!(
+        "\nCore utilisation of the pilot run: {:.1}% ({cpu:.1} CPU seconds of the tasks over {pilot_cores} cores x {pilot_seconds:.1} s). CPU time is the operating system's: for these thread ranks, each rank thread's CPU clock (libtorch's own intra-op threads, if any, are not in it), and the peak RSS is the host process's so far (thread ranks share its memory); see docs/pilot.md, Resource monitoring.\n",
+        100.0 * cpu / (pilot_cores as f64 * pilot_seconds).max(1e-9)
     ));
     let failed: Vec<&TaskTimes> = tasks
         .iter()

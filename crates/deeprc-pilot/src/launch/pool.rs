@@ -18,6 +18,7 @@ use crate::{
     agent::{AgentEvent, RankDone, RankSlots},
     launch::process::describe_status,
     reaper::reaper,
+    sampler::{Sampler, Target, Watch},
     sys,
     task::TaskShared,
     wire::{self, CommSpec, DoneMsg, Enc, RunMsg, Status},
@@ -111,6 +112,7 @@ pub(crate) struct WorkerPool {
     starters: Vec<(u64, Arc<AtomicBool>, JoinHandle<()>)>,
     pending: Vec<PendingRun>,
     outcome: PoolOutcome,
+    sampler: Option<Arc<Sampler>>,
 }
 
 /// Where the pool's workers come from and what they may send.
@@ -124,6 +126,7 @@ pub(crate) struct PoolConfig {
     pub(crate) max_frame: u64,
     pub(crate) profiler: Profiler,
     pub(crate) pilot: String,
+    pub(crate) sampler: Option<Arc<Sampler>>,
 }
 
 impl WorkerPool {
@@ -146,6 +149,7 @@ impl WorkerPool {
             starters: Vec::new(),
             pending: Vec::new(),
             outcome: PoolOutcome::default(),
+            sampler: c.sampler,
         }
     }
 
@@ -235,6 +239,18 @@ impl WorkerPool {
                 return Err(FailReason::Launch(format!("no worker for core {}", r.core)));
             };
             w.busy = Some((run.task.id.0, run.attempt, rank as u32));
+            if let Some(s) = &self.sampler {
+                s.watch(Watch {
+                    task: run.task.id,
+                    attempt: run.attempt,
+                    rank: rank as u32,
+                    node: r.node as u32,
+                    target: Target::Process(w.pid),
+                    gpus: r.gpus.iter().map(|g| g.device as u32).collect(),
+                    baseline_cpu_ns: None,
+                    start_ns: deeprc_core::now_ns(),
+                });
+            }
             // A failed write means the worker died: its exit report fails
             // this rank.
             let _ = wire::write_frame(&mut w.stream, &mut e);
@@ -400,7 +416,9 @@ impl WorkerPool {
     /// The worker on `core` finished its rank.
     pub(crate) fn rank_done(&mut self, core: usize) {
         if let Some(Slot::Ready(w)) = self.workers.get_mut(core) {
-            w.busy = None;
+            if let (Some((t, a, r)), Some(s)) = (w.busy.take(), &self.sampler) {
+                s.unwatch(TaskId(t), a, r);
+            }
         }
     }
 
@@ -419,6 +437,9 @@ impl WorkerPool {
                 .with_attr("core", core)
                 .with_attr("pid", w.pid),
         );
+        if let (Some((t, a, r)), Some(s)) = (w.busy, &self.sampler) {
+            s.unwatch(TaskId(t), a, r);
+        }
         // A run waiting for this core needs a new worker.
         self.advance();
         w.busy
@@ -616,8 +637,8 @@ impl StartJob {
             let pid = reaper
                 .spawn(
                     &mut cmd,
-                    Box::new(move |st| {
-                        let _ = tx.send(st);
+                    Box::new(move |st: std::io::Result<crate::usage::ChildExit>| {
+                        let _ = tx.send(st.map(|e| e.status));
                     }),
                 )
                 .map_err(|e| {
@@ -643,11 +664,20 @@ impl StartJob {
                         .set_nonblocking(false)
                         .and_then(|()| stream.set_read_timeout(Some(Duration::from_secs(5))))
                         .and_then(|()| read_hello(&stream, &mut buf, self.max_frame));
-                    let Ok((core, _pid, their_token)) = hello else {
+                    let Ok((core, _pid, their_token, version)) = hello else {
                         continue;
                     };
                     if !sys::constant_time_eq(their_token.as_bytes(), token.as_bytes()) {
                         continue;
+                    }
+                    if version != wire::PROTOCOL_VERSION {
+                        return Err(format!(
+                            "the worker executable {} speaks version {version} of the worker \
+                             protocol, this agent version {}: build it with the same \
+                             deeprc-pilot as the host",
+                            self.exe.display(),
+                            wire::PROTOCOL_VERSION
+                        ));
                     }
                     let Some(i) = spawned.iter().position(|p| p.core == core) else {
                         continue;
@@ -697,7 +727,7 @@ fn read_hello(
     stream: &UnixStream,
     buf: &mut Vec<u8>,
     max_frame: u64,
-) -> std::io::Result<(usize, u32, String)> {
+) -> std::io::Result<(usize, u32, String, u32)> {
     let mut r = stream;
     match wire::read_frame(&mut r, buf, max_frame)? {
         Some(wire::HELLO) => {
@@ -705,7 +735,9 @@ fn read_hello(
             let core = d.u32()? as usize;
             let pid = d.u32()?;
             let token = d.str()?.to_string();
-            Ok((core, pid, token))
+            // Version 1 had no version field.
+            let version = d.u32().unwrap_or(1);
+            Ok((core, pid, token, version))
         }
         _ => Err(std::io::Error::new(
             ErrorKind::InvalidData,
@@ -739,6 +771,7 @@ pub(crate) fn rank_done_of(d: DoneMsg, max_frame: u64) -> RankDone {
         outcome,
         exit_code: None,
         stderr_tail: None,
+        usage: d.usage,
     }
 }
 

@@ -6,7 +6,10 @@ use crate::{
     agent::{AgentEvent, RankDone},
     launch::CommandSpec,
     reaper::reaper,
-    sys, FailReason,
+    sampler::{Sampler, Target, Watch},
+    sys,
+    usage::ChildExit,
+    FailReason, Placement,
 };
 use deeprc_core::{now_ns, TaskId};
 use nix::sys::signal::Signal;
@@ -32,6 +35,21 @@ pub(crate) struct SpawnJob {
     /// A function task under `mpirun`: read this many ranks' results, each
     /// of at most this many bytes, from the sandbox when the launcher exits.
     pub(crate) mpi_results: Option<(usize, u64)>,
+    /// Each rank's node and CUDA devices (for the sampler).
+    pub(crate) rank_nodes: Vec<(u32, Vec<u32>)>,
+}
+
+/// Each rank's node and CUDA devices.
+pub(crate) fn rank_nodes(p: &Placement) -> Vec<(u32, Vec<u32>)> {
+    p.ranks
+        .iter()
+        .map(|r| {
+            (
+                r.node as u32,
+                r.gpus.iter().map(|g| g.device as u32).collect(),
+            )
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -59,7 +77,12 @@ pub(crate) struct ProcessExecutor {
 }
 
 impl ProcessExecutor {
-    pub(crate) fn new(events: mpsc::Sender<AgentEvent>, pin: bool, spawners: usize) -> Self {
+    pub(crate) fn new(
+        events: mpsc::Sender<AgentEvent>,
+        pin: bool,
+        spawners: usize,
+        sampler: Option<Arc<Sampler>>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<SpawnJob>();
         let rx = Arc::new(Mutex::new(rx));
         let table = Arc::new(ProcTable::default());
@@ -68,9 +91,10 @@ impl ProcessExecutor {
                 let rx = Arc::clone(&rx);
                 let table = Arc::clone(&table);
                 let events = events.clone();
+                let sampler = sampler.clone();
                 std::thread::Builder::new()
                     .name(format!("deeprc-spawn-{i}"))
-                    .spawn(move || spawner(rx, table, events, pin))
+                    .spawn(move || spawner(rx, table, events, pin, sampler))
                     .ok()
             })
             .collect();
@@ -133,6 +157,7 @@ fn spawner(
     table: Arc<ProcTable>,
     events: mpsc::Sender<AgentEvent>,
     pin: bool,
+    sampler: Option<Arc<Sampler>>,
 ) {
     let all_cpus = sys::allowed_cpus();
     let mut pinned: Vec<usize> = Vec::new();
@@ -146,7 +171,15 @@ fn spawner(
         };
         let (task, attempt, specs) = (job.task, job.attempt, job.specs.clone());
         let spawned = catch_unwind(AssertUnwindSafe(|| {
-            spawn_job(job, &table, &events, pin, &all_cpus, &mut pinned)
+            spawn_job(
+                job,
+                &table,
+                &events,
+                pin,
+                &all_cpus,
+                &mut pinned,
+                sampler.as_ref(),
+            )
         }));
         if let Err(p) = spawned {
             // A bug, not a failure of the task's programs: fail the whole
@@ -192,6 +225,7 @@ fn report(
         outcome: Err(reason),
         exit_code: None,
         stderr_tail: None,
+        usage: None,
     }));
 }
 
@@ -206,6 +240,7 @@ fn spawn_job(
     pin: bool,
     all_cpus: &[usize],
     pinned: &mut Vec<usize>,
+    sampler: Option<&Arc<Sampler>>,
 ) {
     let made = match std::fs::create_dir(&job.sandbox) {
         Ok(()) => Ok(()),
@@ -255,10 +290,27 @@ fn spawn_job(
                 *pinned = want.to_vec();
             }
         }
-        let on_exit = exit_handler(&job, spec, events.clone(), stderr_path.clone());
+        let on_exit = exit_handler(&job, spec, events.clone(), stderr_path.clone(), sampler);
+        let start_ns = now_ns();
         let spawned = reaper().and_then(|r| r.spawn(&mut cmd, on_exit));
         match spawned {
             Ok(pid) => {
+                if let Some(s) = sampler {
+                    let rank = spec.ranks.first().copied().unwrap_or(0);
+                    let (node, gpus) = job.rank_nodes.get(rank).cloned().unwrap_or_default();
+                    // Its own process group: the task's process and every
+                    // child it starts.
+                    s.watch(Watch {
+                        task: job.task,
+                        attempt: job.attempt,
+                        rank: rank as u32,
+                        node,
+                        target: Target::Group(pid),
+                        gpus,
+                        baseline_cpu_ns: Some(0),
+                        start_ns,
+                    });
+                }
                 let mut g = table.lock();
                 if let Some(e) = g.get_mut(&job.task.0) {
                     e.pids.push(pid);
@@ -323,7 +375,9 @@ fn exit_handler(
     spec: &CommandSpec,
     events: mpsc::Sender<AgentEvent>,
     stderr_path: PathBuf,
+    sampler: Option<&Arc<Sampler>>,
 ) -> crate::reaper::OnExit {
+    let sampler = sampler.cloned();
     let task = job.task;
     let attempt = job.attempt;
     let rank = spec.ranks.first().copied().unwrap_or(0) as u32;
@@ -332,9 +386,13 @@ fn exit_handler(
         .mpi_results
         .map(|(n, max_frame)| (n, max_frame, job.sandbox.clone()));
     let start = now_ns();
-    Box::new(move |status: std::io::Result<ExitStatus>| {
+    Box::new(move |exit: std::io::Result<ChildExit>| {
         let end = now_ns();
-        let (outcome, code) = outcome_of(status);
+        if let Some(s) = &sampler {
+            s.unwatch(task, attempt, rank);
+        }
+        let usage = exit.as_ref().ok().map(ChildExit::rank_usage);
+        let (outcome, code) = outcome_of(exit.map(|e| e.status));
         if let Some((n, max_frame, dir)) = mpi {
             for r in 0..n {
                 let rd = crate::worker::read_mpi_result(&dir, r, max_frame)
@@ -356,6 +414,7 @@ fn exit_handler(
                         })),
                         exit_code: code,
                         stderr_tail: Some(sys::tail_file(&stderr_path, 20)),
+                        usage: None,
                     });
                 let _ = events.send(AgentEvent::Rank(rd));
             }
@@ -373,6 +432,7 @@ fn exit_handler(
             outcome,
             exit_code: code,
             stderr_tail,
+            usage,
         }));
     })
 }

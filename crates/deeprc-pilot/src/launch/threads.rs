@@ -6,8 +6,10 @@
 use crate::{
     agent::{AgentEvent, RankDone, RankSlots},
     registry::TaskContext,
+    sampler::{Sampler, Target, Watch},
     sys,
     task::TaskShared,
+    usage::{current_tid, ThreadMeter},
     FailReason, TaskKind,
 };
 use deeprc_comm::{CommConfig, Communicator};
@@ -38,6 +40,7 @@ pub(crate) struct ThreadExecutor {
     pin: bool,
     events: mpsc::Sender<AgentEvent>,
     cores: Vec<Option<mpsc::Sender<Job>>>,
+    sampler: Option<Arc<Sampler>>,
 }
 
 impl ThreadExecutor {
@@ -45,6 +48,7 @@ impl ThreadExecutor {
         cpu_of_core: Vec<usize>,
         pin: bool,
         events: mpsc::Sender<AgentEvent>,
+        sampler: Option<Arc<Sampler>>,
     ) -> Self {
         let n = cpu_of_core.len();
         Self {
@@ -52,6 +56,7 @@ impl ThreadExecutor {
             pin,
             events,
             cores: (0..n).map(|_| None).collect(),
+            sampler,
         }
     }
 
@@ -61,9 +66,10 @@ impl ThreadExecutor {
             let home = vec![self.cpu_of_core[core]];
             let pin = self.pin;
             let events = self.events.clone();
+            let sampler = self.sampler.clone();
             std::thread::Builder::new()
                 .name(format!("deeprc-rank-{core}"))
-                .spawn(move || rank_thread(rx, home, pin, events))
+                .spawn(move || rank_thread(rx, home, pin, events, sampler))
                 .map_err(|e| FailReason::Launch(format!("starting a rank thread: {e}")))?;
             self.cores[core] = Some(tx);
         }
@@ -142,7 +148,9 @@ fn rank_thread(
     home: Vec<usize>,
     pin: bool,
     events: mpsc::Sender<AgentEvent>,
+    sampler: Option<Arc<Sampler>>,
 ) {
+    let tid = current_tid();
     let mut current = home;
     if pin {
         let _ = sys::pin_current_thread(&current);
@@ -160,6 +168,8 @@ fn rank_thread(
         if let Some(c) = job.comm {
             let _ = comm.set(c);
         }
+        let node = job.slots.node as u32;
+        let gpus: Vec<u32> = job.slots.gpus.iter().map(|g| g.device as u32).collect();
         let ctx = TaskContext {
             task: job.task.id,
             attempt: job.attempt,
@@ -175,6 +185,19 @@ fn rank_thread(
             canceled: Some(job.cancel),
         };
         let exec_start = now_ns();
+        let meter = ThreadMeter::start();
+        if let Some(s) = &sampler {
+            s.watch(Watch {
+                task: job.task.id,
+                attempt: job.attempt,
+                rank: job.rank as u32,
+                node,
+                target: Target::Thread(tid),
+                gpus,
+                baseline_cpu_ns: Some(meter.thread_start),
+                start_ns: exec_start,
+            });
+        }
         let out = match &job.task.func {
             Some(f) => catch_unwind(AssertUnwindSafe(|| f(&ctx, args))),
             None => Ok(Err("not a function task".to_string())),
@@ -182,6 +205,10 @@ fn rank_thread(
         // Dropping the context drops this rank's communicator: peers still
         // waiting for it fail at once instead of timing out.
         drop(ctx);
+        let usage = meter.stop();
+        if let Some(s) = &sampler {
+            s.unwatch(job.task.id, job.attempt, job.rank as u32);
+        }
         let exec_end = now_ns();
         let outcome = match out {
             Ok(Ok(v)) => Ok(v),
@@ -199,6 +226,7 @@ fn rank_thread(
             outcome,
             exit_code: None,
             stderr_tail: None,
+            usage: Some(usage),
         }));
     }
 }

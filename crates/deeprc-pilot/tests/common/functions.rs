@@ -10,6 +10,32 @@ fn comm_err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    use nix::time::{clock_gettime, ClockId};
+    let t = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap();
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+/// Spins until this thread has used `d` more CPU time; returns a value
+/// that depends on the work.
+pub(crate) fn spin_thread_cpu(d: Duration) -> u64 {
+    let end = thread_cpu() + d;
+    let mut x = 1u64;
+    while thread_cpu() < end {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    x
+}
+
+/// Allocates `mib` MiB, writes every page and returns their sum.
+pub(crate) fn touch_mib(mib: usize) -> u64 {
+    let v = std::hint::black_box(vec![1u8; mib << 20]);
+    v.iter().step_by(4096).map(|&b| u64::from(b)).sum()
+}
+
 /// Every test function.
 pub(crate) fn registry() -> Registry {
     let mut r = Registry::new();
@@ -50,6 +76,24 @@ pub(crate) fn registry() -> Registry {
         }
         Ok(ms)
     });
+    // Writes this process's id to `path`, then sleeps `ms` milliseconds
+    // (returning early if canceled): a task to kill the worker of.
+    r.register_typed(
+        "pid_then_sleep",
+        |ctx: &TaskContext, (path, ms): (String, u64)| {
+            let tmp = format!("{path}.tmp");
+            std::fs::write(&tmp, std::process::id().to_string()).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+            let end = Instant::now() + Duration::from_millis(ms);
+            while Instant::now() < end {
+                if ctx.is_canceled() {
+                    return Err("canceled".to_string());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(ms)
+        },
+    );
     // Sum over ranks of (rank + 1), through the task's communicator.
     r.register_typed("allreduce", |ctx: &TaskContext, _: ()| {
         let comm = ctx.comm().map_err(comm_err)?;
@@ -94,6 +138,15 @@ pub(crate) fn registry() -> Registry {
     // Returns `n` bytes (a large result from small arguments).
     r.register_typed("big", |_ctx: &TaskContext, n: usize| {
         Ok::<_, String>(vec![7u8; n])
+    });
+    // Burns `ms` milliseconds of this thread's CPU time (measured by its
+    // CPU clock, so a loaded machine makes it longer, never less work).
+    r.register_typed("spin", |_ctx: &TaskContext, ms: u64| {
+        Ok::<_, String>(spin_thread_cpu(Duration::from_millis(ms)))
+    });
+    // Allocates and touches `mib` MiB, and returns a checksum.
+    r.register_typed("alloc", |_ctx: &TaskContext, mib: usize| {
+        Ok::<_, String>(touch_mib(mib))
     });
     // Writes a file into the sandbox and returns its path.
     r.register("sandbox", |ctx: &TaskContext, _args: &[u8]| {
