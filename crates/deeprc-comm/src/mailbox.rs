@@ -41,7 +41,28 @@ pub(crate) struct Key {
 #[derive(Default)]
 struct State {
     queues: HashMap<(usize, Key), VecDeque<Payload>>,
-    lost: HashMap<usize, String>,
+    /// The peers that are gone: the order in which they were lost and why.
+    lost: HashMap<usize, (u64, String)>,
+    losses: u64,
+}
+
+impl State {
+    /// Why `src` (a lost peer) is gone, and which peer was lost first when
+    /// another one was lost before it: a rank that leaves because it saw a
+    /// peer die is named with that peer, the root cause (the rank killed
+    /// in the middle of an all-to-all, not the ranks it took down with it).
+    fn explain(&self, src: usize) -> String {
+        let (order, reason) = &self.lost[&src];
+        let first = self
+            .lost
+            .iter()
+            .filter(|(_, (o, _))| o < order)
+            .min_by_key(|(_, (o, _))| *o);
+        match first {
+            Some((r, (_, why))) => format!("{reason} (after rank {r} was lost: {why})"),
+            None => reason.clone(),
+        }
+    }
 }
 
 /// Incoming messages of one rank.
@@ -75,13 +96,28 @@ impl Mailbox {
     /// Records that `src` is gone; waiting receivers from it fail once its
     /// queued messages are consumed. The first reason is kept.
     pub(crate) fn mark_lost(&self, src: usize, reason: String) {
-        self.lock().lost.entry(src).or_insert(reason);
+        let mut state = self.lock();
+        let order = state.losses;
+        if let std::collections::hash_map::Entry::Vacant(e) = state.lost.entry(src) {
+            e.insert((order, reason));
+            state.losses += 1;
+        }
+        drop(state);
         self.arrived.notify_all();
     }
 
     /// The reason `src` was lost, if it was.
     pub(crate) fn lost_reason(&self, src: usize) -> Option<String> {
-        self.lock().lost.get(&src).cloned()
+        let state = self.lock();
+        state.lost.get(&src).map(|_| state.explain(src))
+    }
+
+    /// The peer lost first and why (with [`Mailbox::lost_reason`]'s
+    /// explanation), if any was.
+    pub(crate) fn first_lost(&self) -> Option<(usize, String)> {
+        let state = self.lock();
+        let (&r, _) = state.lost.iter().min_by_key(|(_, (o, _))| *o)?;
+        Some((r, state.explain(r)))
     }
 
     /// Takes the next message from `src` with `key`, waiting at most `timeout`.
@@ -103,11 +139,11 @@ impl Mailbox {
                     return Ok(p);
                 }
             }
-            if let Some(reason) = state.lost.get(&src) {
+            if state.lost.contains_key(&src) {
                 return Err(CommError::PeerLost {
                     op,
                     peer: src,
-                    reason: reason.clone(),
+                    reason: state.explain(src),
                 });
             }
             let now = Instant::now();
@@ -156,5 +192,38 @@ mod tests {
             m.pop("t", 1, K, t),
             Err(CommError::Timeout { peer: 1, .. })
         ));
+    }
+
+    /// A rank that left because it saw another die is reported with the
+    /// one that died first, the root cause.
+    #[test]
+    fn a_loss_names_the_peer_lost_before_it() {
+        let m = Mailbox::default();
+        let t = Duration::from_millis(10);
+        m.mark_lost(3, "rank 3 closed its connection".into());
+        m.mark_lost(1, "rank 1 closed its connection".into());
+        m.mark_lost(3, "a later reason is not kept".into());
+        match m.pop("all_to_all_v", 1, K, t) {
+            Err(CommError::PeerLost {
+                peer: 1, reason, ..
+            }) => assert_eq!(
+                reason,
+                "rank 1 closed its connection (after rank 3 was lost: rank 3 closed its connection)"
+            ),
+            other => panic!("{:?}", other.err()),
+        }
+        match m.pop("all_to_all_v", 3, K, t) {
+            Err(CommError::PeerLost {
+                peer: 3, reason, ..
+            }) => {
+                assert_eq!(reason, "rank 3 closed its connection")
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        assert!(m.lost_reason(1).unwrap().contains("after rank 3"));
+        assert!(m.lost_reason(2).is_none());
+        let (first, why) = m.first_lost().unwrap();
+        assert_eq!((first, why.as_str()), (3, "rank 3 closed its connection"));
+        assert!(Mailbox::default().first_lost().is_none());
     }
 }

@@ -53,6 +53,63 @@ fn killed_rank_fails_the_others_mid_collective() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Nanoseconds since the epoch (comparable between processes).
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// The `at_ns=` a rank printed with its error.
+fn at_ns(line: &str) -> u128 {
+    line.rsplit_once("at_ns=")
+        .and_then(|(_, t)| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no at_ns in {line:?}"))
+}
+
+/// `true` while a process with this pid exists (a zombie included).
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// kill -9 of one rank of four in the middle of a stream of all-to-alls
+/// (1 MiB to every peer): the three others fail on their own, well within
+/// the 2 s deadline, with an error naming rank 3, and no rank process is
+/// left.
+#[test]
+fn killed_rank_mid_all_to_all_fails_every_other_rank_in_time_naming_it() {
+    let dir = common::temp_dir("kill-a2a");
+    let store = dir.join("store").display().to_string();
+    let mut kids = common::spawn_ranks(4, "fault_rank", &store, &env(&dir, "a2a"));
+    let pids: Vec<u32> = kids.iter().map(|k| k.id()).collect();
+    wait_for_file(&dir.join("looping"));
+    let mut victim = kids.remove(3);
+    let killed = now_ns();
+    victim.kill().unwrap(); // SIGKILL
+    victim.wait().unwrap();
+    for (r, k) in kids.into_iter().enumerate() {
+        let (code, out, _) = common::wait_output(k, DEADLINE);
+        assert_eq!(code, Some(0), "rank {r} did not end by itself: {out}");
+        let line = common::result_line(&out);
+        assert!(line.starts_with("err peer-failure"), "rank {r}: {line}");
+        assert!(
+            line.contains("rank 3"),
+            "rank {r} does not name rank 3: {line}"
+        );
+        let detect_ms = at_ns(&line).saturating_sub(killed) as f64 / 1e6;
+        println!(
+            "FAULT tcp all_to_all_v, 4 processes, rank 3 killed: rank {r} failed after \
+             {detect_ms:.1} ms (deadline 2000 ms): {line}"
+        );
+        assert!(detect_ms < 2000.0, "rank {r} took {detect_ms} ms: {line}");
+    }
+    for (r, pid) in pids.into_iter().enumerate() {
+        assert!(!alive(pid), "rank {r} (pid {pid}) is still there");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn hung_rank_times_out_the_others() {
     let dir = common::temp_dir("hang");
@@ -162,6 +219,20 @@ fn fault_rank() {
             }
             Ok(String::new())
         })(),
+        "a2a" => (|| {
+            let n = comm.size();
+            for i in 0.. {
+                let parts: Vec<bytes::Bytes> = (0..n)
+                    .map(|j| bytes::Bytes::from(vec![(i % 251) as u8 ^ j as u8; 1 << 20]))
+                    .collect();
+                let got = comm.all_to_all_v(parts)?;
+                assert!(got.iter().all(|b| b.len() == 1 << 20));
+                if i == 3 && comm.rank() == 0 {
+                    std::fs::write(dir.join("looping"), "yes").unwrap();
+                }
+            }
+            Ok(String::new())
+        })(),
         "hang" => {
             if comm.rank() == 2 {
                 std::thread::sleep(Duration::from_secs(3600));
@@ -188,7 +259,9 @@ fn fault_rank() {
     };
     match outcome {
         Ok(s) => println!("RESULT ok {s}"),
-        Err(e) if e.is_peer_failure() => println!("RESULT err peer-failure {e}"),
-        Err(e) => println!("RESULT err other {e}"),
+        Err(e) if e.is_peer_failure() => {
+            println!("RESULT err peer-failure {e} at_ns={}", now_ns())
+        }
+        Err(e) => println!("RESULT err other {e} at_ns={}", now_ns()),
     }
 }

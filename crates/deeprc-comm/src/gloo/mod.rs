@@ -29,6 +29,20 @@
 //!   context through a `PrefixStore` whose prefix is unique per (parent,
 //!   split sequence number, color), sharing the parent's transport device.
 //!
+//! # Security: Gloo's own connections are not authenticated
+//!
+//! Only the rendezvous is authenticated: a TCP store (`host:port`) admits
+//! clients that prove the job token, and a directory store is owner-only.
+//! The mesh Gloo then builds between the ranks is Gloo's own TCP transport,
+//! which Deep RC cannot reach into: it accepts any connection to its ports
+//! and reads what arrives as payload. Anyone who can reach those ports (the
+//! addresses are in the store) can inject or read collective data. That is
+//! why Gloo is opt-in twice: the `gloo` cargo feature, then choosing it
+//! (`GlooComm::connect`, or `DEEPRC_BACKEND=gloo`); the first communicator
+//! of a process says so once with `tracing::warn!`. Use it only on a
+//! private network (the default binds to loopback); use `tcp` elsewhere, whose
+//! every connection is authenticated both ways.
+//!
 //! Failures: Gloo's exceptions arrive as errors, never as aborts. Gloo
 //! reports a timeout as [`CommError::Timeout`], a closed or reset connection
 //! as [`CommError::PeerLost`]; in a collective Gloo does not say which peer
@@ -418,6 +432,20 @@ impl Inner {
     }
 }
 
+/// The text of the warning [`GlooComm::connect`] logs once per process.
+pub const UNAUTHENTICATED_WARNING: &str =
+    "deeprc-comm gloo: Gloo's own connections between ranks are \
+     NOT authenticated (only the rendezvous store is): anyone who can reach the ranks' ports can \
+     inject or read collective data. Use gloo only on a private network, or the tcp backend, whose \
+     connections are authenticated.";
+
+/// Logs [`UNAUTHENTICATED_WARNING`] the first time a process creates a
+/// Gloo communicator.
+fn warn_unauthenticated(hostname: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| tracing::warn!(hostname, "{UNAUTHENTICATED_WARNING}"));
+}
+
 impl GlooComm {
     /// Creates the communicator from the `DEEPRC_*` environment variables
     /// (see [`GlooOptions::from_env`]).
@@ -428,8 +456,12 @@ impl GlooComm {
     /// Creates the communicator: rendezvous through the store, Gloo's full
     /// mesh, then a barrier. Fails after `connect_timeout` if a rank is
     /// missing.
+    ///
+    /// Gloo's own connections are not authenticated (see the module docs):
+    /// the first call of a process logs a warning saying so.
     pub fn connect(o: GlooOptions) -> Result<Self> {
         let start = Instant::now();
+        warn_unauthenticated(&o.hostname);
         CommError::check_world(o.rank, o.size)?;
         if i32::try_from(o.size).is_err() {
             return Err(CommError::invalid("gloo connect", "more than 2^31 ranks"));

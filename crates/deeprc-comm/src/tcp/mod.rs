@@ -40,6 +40,8 @@
 //! ```
 
 mod auth;
+#[doc(hidden)]
+pub mod fuzzing;
 mod store;
 mod wire;
 
@@ -233,8 +235,23 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         self.listener.closing.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect_timeout(&self.listener.addr, Duration::from_millis(100));
-        for p in self.peers.iter().flatten() {
-            let w = p.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        // Leaving after a peer was lost: say which, so that the ranks that
+        // see this one leave name the root cause (the rank killed in the
+        // middle of an all-to-all), not the ranks it took down with it.
+        let farewell = self
+            .mailbox
+            .first_lost()
+            .map(|(r, why)| format!("rank {} left after rank {r} was lost: {why}", self.rank));
+        for (i, p) in self.peers.iter().enumerate() {
+            let Some(p) = p else { continue };
+            let mut w = p.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(text) = &farewell {
+                if self.mailbox.lost_reason(i).is_none() {
+                    // Best effort, and never a long wait in a destructor.
+                    let _ = w.set_write_timeout(Some(Duration::from_millis(200)));
+                    let _ = wire::write_frame(&mut *w, Kind::Abort, 0, 0, text.as_bytes());
+                }
+            }
             let _ = w.shutdown(Shutdown::Write);
         }
     }

@@ -12,7 +12,7 @@ use crate::{CommError, Result};
 use std::{
     collections::HashMap,
     fmt,
-    io::Write,
+    io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
     path::{Path, PathBuf},
     sync::{
@@ -327,8 +327,15 @@ fn serve(mut conn: TcpStream, table: &Table, token: &[u8], refusals: &Mutex<Vec<
     if conn.set_read_timeout(None).is_err() || conn.set_write_timeout(None).is_err() {
         return;
     }
-    while let Ok(Some(h)) = wire::read_header(&mut conn, CONTROL_LIMIT, &from) {
-        let Ok(body) = wire::read_body(&mut conn, h.len, &from) else {
+    serve_requests(&mut conn, table, &from, Duration::MAX);
+}
+
+/// Serves the requests of one authenticated client until it closes the
+/// connection or sends something that is not a request; a `StoreGet` waits
+/// at most `max_wait` for its key.
+fn serve_requests<S: Read + Write>(conn: &mut S, table: &Table, from: &str, max_wait: Duration) {
+    while let Ok(Some(h)) = wire::read_header(conn, CONTROL_LIMIT, from) {
+        let Ok(body) = wire::read_body(conn, h.len, from) else {
             return;
         };
         let lock = || table.map.lock().unwrap_or_else(PoisonError::into_inner);
@@ -341,30 +348,39 @@ fn serve(mut conn: TcpStream, table: &Table, token: &[u8], refusals: &Mutex<Vec<
                 let key = String::from_utf8_lossy(&body[1..1 + klen]).into_owned();
                 lock().insert(key, body[1 + klen..].to_vec());
                 table.changed.notify_all();
-                wire::write_frame(&mut conn, Kind::StoreValue, 0, 0, &[])
+                wire::write_frame(conn, Kind::StoreValue, 0, 0, &[])
             }
             Kind::StoreGet => {
                 let key = String::from_utf8_lossy(&body).into_owned();
-                let deadline = Instant::now() + Duration::from_millis(h.tag);
+                let wait = Duration::from_millis(h.tag).min(max_wait);
+                let deadline = Instant::now().checked_add(wait);
                 let mut map = lock();
                 let value = loop {
                     if let Some(v) = map.get(&key) {
                         break Some(v.clone());
                     }
-                    let now = Instant::now();
-                    if now >= deadline {
+                    // No deadline: a wait too long for an `Instant`.
+                    let Some(deadline) = deadline else {
+                        map = table
+                            .changed
+                            .wait(map)
+                            .unwrap_or_else(PoisonError::into_inner);
+                        continue;
+                    };
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
                         break None;
                     }
                     map = table
                         .changed
-                        .wait_timeout(map, deadline - now)
+                        .wait_timeout(map, left)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
                 };
                 drop(map);
                 match value {
-                    Some(v) => wire::write_frame(&mut conn, Kind::StoreValue, 0, 0, &v),
-                    None => wire::write_frame(&mut conn, Kind::StoreMissing, 0, 0, &[]),
+                    Some(v) => wire::write_frame(conn, Kind::StoreValue, 0, 0, &v),
+                    None => wire::write_frame(conn, Kind::StoreMissing, 0, 0, &[]),
                 }
             }
             _ => return,
@@ -373,6 +389,14 @@ fn serve(mut conn: TcpStream, table: &Table, token: &[u8], refusals: &Mutex<Vec<
             return;
         }
     }
+}
+
+/// The store protocol on `input` as an authenticated client's bytes
+/// (replies go nowhere, a `StoreGet` does not wait): the fuzz target's entry.
+pub(crate) fn fuzz_requests(input: &[u8]) {
+    let table = Table::default();
+    let mut conn = super::fuzzing::Stream::new(input);
+    serve_requests(&mut conn, &table, "fuzz", Duration::ZERO);
 }
 
 /// The client of a TCP store. Connecting retries until the timeout, so
