@@ -369,22 +369,27 @@ pub fn read_camels_files(files: &[PathBuf], kind: CamelsKind) -> Result<Table> {
 
 impl DistTable {
     /// Reads the CAMELS files of `kind` under `root` (e.g.
-    /// `<data>/camels_us_4basins`), each rank a block of basins. Collective.
+    /// `<data>/camels_us_4basins`), each rank a block of basins. Collective:
+    /// the ranks agree on success, so a malformed file on one rank fails
+    /// every rank promptly with that file's error
+    /// ([`FrameError::FailedOnRank`] on the others), never a lost peer.
     pub fn read_camels(
         comm: Arc<dyn Communicator>,
         root: &Path,
         kind: CamelsKind,
     ) -> Result<DistTable> {
-        let files = camels_files(root, kind)?;
-        let (r, n) = (comm.rank(), comm.size());
-        let mine = &files[r * files.len() / n..(r + 1) * files.len() / n];
-        let part = if mine.is_empty() {
-            // The schema of an empty share: read the first file's header.
-            let t = read_camels_files(&files[..1], kind)?;
-            Table::empty(Arc::clone(t.schema()))
-        } else {
-            read_camels_files(mine, kind)?
-        };
+        let local = camels_files(root, kind).and_then(|files| {
+            let (r, n) = (comm.rank(), comm.size());
+            let mine = &files[r * files.len() / n..(r + 1) * files.len() / n];
+            if mine.is_empty() {
+                // The schema of an empty share: read the first file's header.
+                let t = read_camels_files(&files[..1], kind)?;
+                Ok(Table::empty(Arc::clone(t.schema())))
+            } else {
+                read_camels_files(mine, kind)
+            }
+        });
+        let part = crate::dist::agree::agree(comm.as_ref(), "read_camels", local)?;
         DistTable::new(part, comm)
     }
 }

@@ -378,3 +378,44 @@ fn bad_input_corpus_gets_typed_errors_naming_file_and_line() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Four CAMELS streamflow files, the last one (the last rank's share)
+/// with a date that does not exist on line 3.
+fn camels_with_bad_last_file(dir: &Path) -> PathBuf {
+    let root = dir.join("camels_us_4basins");
+    std::fs::create_dir_all(root.join("usgs_streamflow")).unwrap();
+    for (k, g) in ["01000001", "01000002", "01000003", "01000004"]
+        .iter()
+        .enumerate()
+    {
+        let mut text = String::new();
+        for day in 1..=5 {
+            let d = if k == 3 && day == 3 { 30 } else { day };
+            text.push_str(&format!("{g} 2001 02 {d:02}   10.00 A\n"));
+        }
+        std::fs::write(
+            root.join(format!("usgs_streamflow/{g}_streamflow_qc.txt")),
+            text,
+        )
+        .unwrap();
+    }
+    root
+}
+
+#[test]
+fn a_malformed_camels_file_on_one_rank_fails_every_rank_with_its_line() {
+    use deeprc_frame::io::camels::CamelsKind;
+    let dir = temp_dir("camels-agree");
+    let root = camels_with_bad_last_file(&dir);
+    for n in [2, 4] {
+        let out = on_threads_comm(n, |comm| {
+            DistTable::read_camels(comm, &root, CamelsKind::Streamflow).map(|d| d.local_rows())
+        });
+        assert_root_cause_everywhere(out, "01000004_streamflow_qc.txt", 3);
+        let out = on_tcp_threads(n, |comm| {
+            DistTable::read_camels(comm, &root, CamelsKind::Streamflow).map(|d| d.local_rows())
+        });
+        assert_root_cause_everywhere(out, "01000004_streamflow_qc.txt", 3);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
