@@ -734,6 +734,32 @@ fn tensor(shape: &[usize], data: &[f32]) -> Tensor<f32> {
     t
 }
 
+/// A serialized `ConfigProto` with `intra_op_parallelism_threads` (field
+/// 2) and `inter_op_parallelism_threads` (field 5), both varint `int32`s;
+/// a zero count is left out (TensorFlow's default).
+fn thread_config(intra_op: usize, inter_op: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for (field, n) in [(2u8, intra_op), (5u8, inter_op)] {
+        if n == 0 {
+            continue;
+        }
+        if n > i32::MAX as usize {
+            return Err(BridgeError::invalid(
+                "HydroGradientModel::load_with_threads",
+                format!("{n} threads do not fit TensorFlow's int32"),
+            ));
+        }
+        out.push(field << 3);
+        let mut v = n as u64;
+        while v >= 0x80 {
+            out.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    Ok(out)
+}
+
 fn check_finite(what: &'static str, name: &str, v: &[f32]) -> Result<()> {
     match v.iter().position(|x| !x.is_finite()) {
         None => Ok(()),
@@ -754,6 +780,28 @@ impl HydroGradientModel {
     /// signature (and tensor); [`BridgeError::Framework`] when `dir` holds
     /// no SavedModel or TensorFlow cannot load it.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with_threads(dir, 0, 0)
+    }
+
+    /// [`load`](Self::load) with TensorFlow's thread pools sized:
+    /// `intra_op` threads inside one op (a matrix product), `inter_op`
+    /// threads running independent ops; 0 leaves TensorFlow's default
+    /// (the number of cores, or `$TF_NUM_INTRAOP_THREADS` /
+    /// `$TF_NUM_INTEROP_THREADS`). Keras' `tf.config.threading` sets the
+    /// same two numbers.
+    ///
+    /// TensorFlow may share its pools between the sessions of a process
+    /// (the first session sizes them), so give every model of a process
+    /// the same counts.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load); [`BridgeError::InvalidArgument`] for a
+    /// count above `i32::MAX`.
+    pub fn load_with_threads(
+        dir: impl AsRef<Path>,
+        intra_op: usize,
+        inter_op: usize,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         if !dir.join("saved_model.pb").exists() {
             return Err(framework(format!(
@@ -761,8 +809,10 @@ impl HydroGradientModel {
                 dir.display()
             )));
         }
+        let mut options = SessionOptions::new();
+        options.set_config(&thread_config(intra_op, inter_op)?)?;
         let mut graph = Graph::new();
-        let bundle = SavedModelBundle::load(&SessionOptions::new(), ["serve"], &mut graph, dir)
+        let bundle = SavedModelBundle::load(&options, ["serve"], &mut graph, dir)
             .map_err(|e| framework(format!("loading {}: {e}", dir.display())))?;
         let sigs = HYDRO_SIGNATURES
             .iter()
@@ -1178,5 +1228,24 @@ impl HydroGradientModel {
         let (mut a, tok) = self.run(SIG_SET_LR, &[&t])?;
         self.config.learning_rate = scalar(&a.fetch::<f32>(tok[0])?, "lr")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thread_config;
+
+    #[test]
+    fn thread_counts_are_encoded_as_a_config_proto() {
+        assert!(
+            thread_config(0, 0).unwrap().is_empty(),
+            "defaults: no fields"
+        );
+        // field 2 (intra-op) and field 5 (inter-op), varint wire type
+        assert_eq!(thread_config(2, 1).unwrap(), [0x10, 2, 0x28, 1]);
+        assert_eq!(thread_config(0, 4).unwrap(), [0x28, 4]);
+        // 300 = 0b10_0101100: two varint bytes, low group first
+        assert_eq!(thread_config(300, 0).unwrap(), [0x10, 0xac, 0x02]);
+        assert!(thread_config(1 << 31, 1).is_err());
     }
 }

@@ -49,6 +49,19 @@ impl HydroGradientModel {
         not_compiled()
     }
 
+    /// Needs the `tensorflow` feature.
+    ///
+    /// # Errors
+    /// Always [`BridgeError::NotCompiled`].
+    pub fn load_with_threads(
+        dir: impl AsRef<Path>,
+        intra_op: usize,
+        inter_op: usize,
+    ) -> Result<Self> {
+        let _ = (dir, intra_op, inter_op);
+        not_compiled()
+    }
+
     /// The SavedModel's directory.
     pub fn dir(&self) -> &Path {
         Path::new("")
