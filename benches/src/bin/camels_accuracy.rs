@@ -17,6 +17,7 @@
 //!     [--frameworks tch,tensorflow] [--seeds 7] [--ranks 2] [--epochs 30] [--hidden 256] \
 //!     [--seq-len 270] [--batch 32] [--lr 1e-3] [--loss nse|mse] [--forget-bias 0] \
 //!     [--csv docs/results/camels.csv]
+//! camels_accuracy --ensemble-of out/camels/tch-7,out/camels/tch-8   # from earlier runs
 //! ```
 //!
 //! The protocol and the model are `deeprc_examples::hydrology` (the same
@@ -168,7 +169,24 @@ fn main() {
     }
 }
 
+/// `--ensemble-of DIR,DIR,..`: the NSE of the mean of the predictions of
+/// earlier runs (their `predictions.parquet`), without training.
+fn ensemble_of(dirs: &str) -> Result<(), Error> {
+    let members: Vec<deeprc_frame::Table> = dirs
+        .split(',')
+        .map(|d| deeprc_frame::io::read_parquet(Path::new(d).join("predictions.parquet")))
+        .collect::<Result<_, _>>()?;
+    for (g, n) in ensemble_nse(&members)? {
+        println!("ensemble of {} runs {g}: NSE {n:.4}", members.len());
+    }
+    Ok(())
+}
+
 fn run() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--ensemble-of") {
+        return ensemble_of(args.get(i + 1).ok_or("--ensemble-of takes DIR,DIR,..")?);
+    }
     let a = parse()?;
     let data = deeprc_frame::io::data_dir();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
