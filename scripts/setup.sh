@@ -5,9 +5,11 @@ set -euo pipefail
 
 # Debian packages: OpenMPI (tests, mpirun launch method), MPICH (benchmark
 # comparison), Gloo, libclang/pkg-config for the MPI bindings, and
-# fontconfig/freetype with a font for the plots (plotters).
+# fontconfig/freetype with a font for the plots (plotters), and Slurm with munge and the
+# namespace tools for the pilot's cluster tests (scripts/netns-slurm.sh starts the cluster).
 packages=(pkg-config libclang-dev libopenmpi-dev openmpi-bin mpich libmpich-dev libgloo-dev
-    libfontconfig1-dev libfreetype-dev fonts-dejavu-core)
+    libfontconfig1-dev libfreetype-dev fonts-dejavu-core
+    slurm-wlm munge iproute2 util-linux procps)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
