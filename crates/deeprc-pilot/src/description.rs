@@ -64,6 +64,10 @@ pub struct PilotDescription {
     /// Launch methods for executables in addition to `fork` and `mpirun`
     /// (or replacing them, by name).
     pub launch_methods: Vec<Arc<dyn LaunchMethod>>,
+    /// Where a Slurm pilot (resource `slurm`) runs and how it launches:
+    /// set by [`PilotDescription::slurm`] and
+    /// [`PilotDescription::slurm_allocation`] (see [`crate::slurm`]).
+    pub slurm: Option<crate::slurm::SlurmPilot>,
     /// How often to sample the CPU utilisation and memory of running tasks
     /// (default every second; `None` turns the sampler off). A task is
     /// sampled from one interval after its start, so tasks shorter than
@@ -87,6 +91,7 @@ impl fmt::Debug for PilotDescription {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("sandbox", &self.sandbox)
             .field("pin_cpus", &self.pin_cpus)
+            .field("slurm", &self.slurm)
             .field("resource_sampling", &self.resource_sampling)
             .field(
                 "launch_methods",
@@ -123,6 +128,7 @@ impl PilotDescription {
             pin_cpus: true,
             comm_config: CommConfig::default(),
             launch_methods: Vec::new(),
+            slurm: None,
             resource_sampling: Some(Duration::from_secs(1)),
         }
     }

@@ -104,6 +104,16 @@ pub enum PilotError {
         /// What is wrong.
         reason: String,
     },
+    /// The resource provider could not acquire a pilot's resources: a Slurm
+    /// job refused by `sbatch`, cancelled or ended before it ran, or
+    /// pending for a reason that never clears (`PartitionNodeLimit`).
+    #[error("pilot on {resource}: {reason}")]
+    ResourceFailed {
+        /// The provider (`slurm`).
+        resource: String,
+        /// Why, in the provider's words (Slurm's message or reason).
+        reason: String,
+    },
     /// No resource provider is registered under this name.
     #[error("unknown resource {resource:?} (known: {known})")]
     UnknownResource {

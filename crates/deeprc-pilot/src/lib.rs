@@ -82,6 +82,7 @@ mod resource;
 mod sampler;
 mod scheduler;
 mod session;
+pub mod slurm;
 mod state;
 mod sys;
 mod task;
@@ -99,7 +100,8 @@ pub use launch::{CommEnv, CommandSpec, Fork, LaunchMethod, LaunchRequest, Mpirun
 pub use profile::{PlacementRecord, ProfileFiles, RetryHistory, Stats, Summary, TaskRecord};
 pub use registry::{Registry, TaskContext};
 pub use resource::{
-    GpuShare, LocalResources, NodeSpec, Placement, RankPlacement, ResourceProvider,
+    Allocation, GpuShare, LocalResources, NodeSpec, PilotLink, Placement, RankPlacement,
+    ResourceProvider,
 };
 pub use sampler::ResourceSample;
 pub use session::{Callback, Pilot, PilotManager, Session, SessionBuilder, TaskManager};

@@ -1,10 +1,16 @@
-//! Acquiring resources ([`ResourceProvider`]: `local` now, Slurm later) and
-//! describing where a task runs ([`Placement`]).
+//! Acquiring resources ([`ResourceProvider`]: `local`, and `slurm` in
+//! [`crate::slurm`]) and describing where a task runs ([`Placement`]).
 
-use crate::{sys, PilotDescription, PilotError, Result};
+use crate::{
+    session::{end_pilot, PilotShared},
+    sys, LaunchMethod, PilotDescription, PilotError, PilotState, Result,
+};
 use deeprc_core::Resources;
 use serde::{Deserialize, Serialize};
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Arc, Weak},
+};
 
 /// One node of a pilot: a placeholder of cores, whole GPUs and memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,8 +41,16 @@ impl NodeSpec {
     }
 }
 
-/// Acquires the nodes of a pilot. `local` (this machine) is built in; a
-/// Slurm provider (an allocation, `sbatch`) plugs in the same way.
+/// Acquires the nodes of a pilot. `local` (this machine) and `slurm` (an
+/// allocation, or a job submitted with `sbatch`: [`crate::slurm`]) are
+/// built in.
+///
+/// A provider implements [`acquire`](Self::acquire) and
+/// [`release`](Self::release); one whose nodes are another machine's, or
+/// that must end its pilots when its resources go away, implements
+/// [`allocate`](Self::allocate), [`free`](Self::free) and
+/// [`watch`](Self::watch) too (the pilot manager calls those three; their
+/// defaults call the first two).
 pub trait ResourceProvider: Send + Sync + fmt::Debug {
     /// The name pilot descriptions use in `resource`.
     fn name(&self) -> &str;
@@ -45,6 +59,86 @@ pub trait ResourceProvider: Send + Sync + fmt::Debug {
     fn acquire(&self, desc: &PilotDescription) -> Result<Vec<NodeSpec>>;
     /// Gives the nodes back (nothing to do for `local`).
     fn release(&self, _nodes: &[NodeSpec]) {}
+    /// Acquires the resources of one pilot: its nodes, and what comes with
+    /// them (an id, launch methods). Blocks until they are available.
+    fn allocate(&self, desc: &PilotDescription) -> Result<Allocation> {
+        Ok(Allocation::local(self.acquire(desc)?))
+    }
+    /// Gives back what [`allocate`](Self::allocate) returned (its id and
+    /// nodes), once, when the pilot stops.
+    fn free(&self, _allocation: Option<&str>, nodes: &[NodeSpec]) {
+        self.release(nodes)
+    }
+    /// Called once the pilot of an allocation with an id is active: the
+    /// provider may end it through `pilot` when the resources go away (a
+    /// batch job cancelled or out of time).
+    fn watch(&self, _allocation: &str, _pilot: PilotLink) {}
+}
+
+/// What a provider acquired for one pilot.
+#[derive(Debug, Default)]
+pub struct Allocation {
+    /// The nodes.
+    pub nodes: Vec<NodeSpec>,
+    /// The allocation's id (a Slurm job id), given back to
+    /// [`ResourceProvider::free`] and shown by `Pilot::allocation`.
+    pub id: Option<String>,
+    /// Launch methods the pilot gets under these names, in place of the
+    /// built-in ones (a Slurm pilot's `fork` and `mpirun` are `srun`); a
+    /// pilot description's own launch methods still replace these.
+    pub launch_methods: Vec<(String, Arc<dyn LaunchMethod>)>,
+    /// The nodes are not this machine: function tasks, whose ranks run in
+    /// this process or its worker processes, are refused.
+    pub remote: bool,
+}
+
+impl Allocation {
+    /// Nodes of this machine, with nothing else.
+    pub fn local(nodes: Vec<NodeSpec>) -> Self {
+        Self {
+            nodes,
+            ..Self::default()
+        }
+    }
+}
+
+/// A provider's handle on a pilot it watches: ends it when its resources
+/// go away. It does not keep the pilot alive.
+#[derive(Clone)]
+pub struct PilotLink {
+    pilot: Weak<PilotShared>,
+}
+
+impl fmt::Debug for PilotLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PilotLink")
+            .field("pilot", &self.pilot_id())
+            .finish()
+    }
+}
+
+impl PilotLink {
+    pub(crate) fn new(pilot: &Arc<PilotShared>) -> Self {
+        Self {
+            pilot: Arc::downgrade(pilot),
+        }
+    }
+
+    /// The pilot's id, while it exists.
+    pub fn pilot_id(&self) -> Option<String> {
+        self.pilot.upgrade().map(|p| p.id.clone())
+    }
+
+    /// Ends the pilot in `state` (`Done`, `Failed`, `Canceled`) with
+    /// `reason` (`Pilot::end_reason`), as `Pilot::cancel` does: its waiting
+    /// and running tasks end CANCELED. Blocks until its agent has stopped;
+    /// `false` when the pilot had already stopped or is gone.
+    pub fn end(&self, state: PilotState, reason: impl Into<String>) -> bool {
+        match self.pilot.upgrade() {
+            Some(p) => end_pilot(&p, state, reason.into()),
+            None => false,
+        }
+    }
 }
 
 /// This machine. Without a layout it is one node with the detected CPUs

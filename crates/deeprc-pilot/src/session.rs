@@ -211,6 +211,10 @@ impl SessionBuilder {
         })?;
         let mut providers: HashMap<String, Arc<dyn ResourceProvider>> = HashMap::new();
         providers.insert("local".to_string(), Arc::new(LocalResources));
+        providers.insert(
+            "slurm".to_string(),
+            Arc::new(crate::slurm::SlurmProvider::new()),
+        );
         let shared = Arc::new(SessionShared {
             id,
             registry: Arc::new(self.registry.unwrap_or_default()),
@@ -478,10 +482,29 @@ fn stop_pilot(p: &Arc<PilotShared>, end: PilotState) {
     let mut thread = lock(&p.thread);
     if let Some(h) = thread.take() {
         let _ = h.join();
-        p.provider.release(&p.nodes);
+        p.provider.free(p.allocation_id.as_deref(), &p.nodes);
         p.session_events
             .push(ProfileRecord::now(p.id.clone(), "pilot.stop"));
     }
+}
+
+/// Ends a pilot for its resource provider (`PilotLink::end`): records why,
+/// then stops it. `false` when it had already stopped.
+pub(crate) fn end_pilot(p: &Arc<PilotShared>, end: PilotState, reason: String) -> bool {
+    {
+        let st = lock(&p.state);
+        if !matches!(*st, PilotState::Active | PilotState::Launching) {
+            return false;
+        }
+        *lock(&p.end_reason) = Some(reason.clone());
+    }
+    p.session_events.push(
+        ProfileRecord::now(p.id.clone(), "pilot.end")
+            .with_attr("state", end.to_string())
+            .with_attr("reason", reason),
+    );
+    stop_pilot(p, end);
+    true
 }
 
 /// A pilot as its agent, the managers and the tasks share it.
@@ -503,6 +526,12 @@ pub(crate) struct PilotShared {
     pub(crate) runtime: PathBuf,
     pub(crate) worker_exe: PathBuf,
     pub(crate) provider: Arc<dyn ResourceProvider>,
+    /// The provider's id of its allocation (a Slurm job id).
+    pub(crate) allocation_id: Option<String>,
+    /// Its nodes are not this machine (no function tasks).
+    pub(crate) remote_nodes: bool,
+    /// Why its provider ended it (`Pilot::end_reason`).
+    pub(crate) end_reason: Mutex<Option<String>>,
     pub(crate) fits: Mutex<HashMap<Shape, Option<String>>>,
     pub(crate) session_events: Profiler,
 }
@@ -567,15 +596,16 @@ impl PilotManager {
                 ),
             });
         }
-        let nodes = provider.acquire(&desc)?;
+        let allocation = provider.allocate(&desc)?;
+        let (alloc_id, nodes) = (allocation.id.clone(), allocation.nodes.clone());
         let mut pilots = lock(&s.pilots);
         let index = pilots.len() as u32;
-        let shared = match new_pilot(s, desc, Arc::clone(&provider), nodes.clone(), index) {
+        let shared = match new_pilot(s, desc, Arc::clone(&provider), allocation, index) {
             Ok(p) => p,
             Err(e) => {
                 // What was acquired goes back.
                 drop(pilots);
-                provider.release(&nodes);
+                provider.free(alloc_id.as_deref(), &nodes);
                 return Err(e);
             }
         };
@@ -594,6 +624,10 @@ impl PilotManager {
                 .with_attr("resources", shared.total),
         );
         pilots.push(Arc::clone(&shared));
+        drop(pilots);
+        if let Some(id) = &shared.allocation_id {
+            provider.watch(id, crate::resource::PilotLink::new(&shared));
+        }
         Ok(Pilot { shared })
     }
 
@@ -613,9 +647,15 @@ fn new_pilot(
     s: &Arc<SessionShared>,
     desc: PilotDescription,
     provider: Arc<dyn ResourceProvider>,
-    nodes: Vec<NodeSpec>,
+    allocation: crate::resource::Allocation,
     index: u32,
 ) -> Result<Arc<PilotShared>> {
+    let crate::resource::Allocation {
+        nodes,
+        id: allocation_id,
+        launch_methods: provided,
+        remote: remote_nodes,
+    } = allocation;
     let id = format!("pilot.{index:04}");
     let sandbox = match &desc.sandbox {
         Some(root) => root.join(&s.id),
@@ -639,6 +679,9 @@ fn new_pilot(
     let mut methods: HashMap<String, Arc<dyn LaunchMethod>> = HashMap::new();
     methods.insert("fork".into(), Arc::new(Fork));
     methods.insert("mpirun".into(), Arc::new(Mpirun::new()));
+    for (name, m) in provided {
+        methods.insert(name, m);
+    }
     for m in &desc.launch_methods {
         methods.insert(m.name().to_string(), Arc::clone(m));
     }
@@ -664,6 +707,9 @@ fn new_pilot(
         runtime,
         worker_exe,
         provider,
+        allocation_id,
+        remote_nodes,
+        end_reason: Mutex::new(None),
         fits: Mutex::new(HashMap::new()),
         session_events: s.events.clone(),
     });
@@ -719,6 +765,19 @@ impl Pilot {
     /// Where its task sandboxes go.
     pub fn sandbox(&self) -> &Path {
         &self.shared.sandbox
+    }
+
+    /// The id of its resource provider's allocation: the Slurm job id of a
+    /// Slurm pilot, `None` for a local one.
+    pub fn allocation(&self) -> Option<&str> {
+        self.shared.allocation_id.as_deref()
+    }
+
+    /// Why its resource provider ended it, if it did (a Slurm pilot whose
+    /// job was cancelled or reached its walltime: `Slurm job 12 is TIMEOUT
+    /// (TimeLimit)`).
+    pub fn end_reason(&self) -> Option<String> {
+        lock(&self.shared.end_reason).clone()
     }
 
     /// Stops the pilot: its waiting and running tasks end CANCELED.
@@ -1177,6 +1236,15 @@ fn prepare(
     for k in 0..pilots.len() {
         let i = (start + k) % pilots.len();
         let p = &pilots[i];
+        if p.remote_nodes && matches!(d.kind, TaskKind::Function(_)) {
+            unavailable.get_or_insert(format!(
+                "pilot {}'s nodes are not this machine (Slurm job {}): function tasks need \
+                 the per-node agent, which is not built yet; executables run there (srun)",
+                p.id,
+                p.allocation_id.as_deref().unwrap_or("?")
+            ));
+            continue;
+        }
         if let Some(f) = wire_args {
             let limit = p
                 .desc
@@ -1253,7 +1321,7 @@ fn prepare(
             max_message_bytes: pilots[i].desc.max_message_bytes,
         });
     }
-    let method = method.unwrap_or_default().to_string();
+    let method = method.map_or_else(|| kind.to_string(), str::to_string);
     if let Some(reason) = unavailable {
         return Err(PilotError::LauncherUnavailable {
             task: label(),

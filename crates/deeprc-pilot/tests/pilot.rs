@@ -971,7 +971,7 @@ fn unknown_resources_are_rejected() {
     let session = Session::new().unwrap();
     let err = session
         .pilot_manager()
-        .submit(PilotDescription::local().resource("slurm"))
+        .submit(PilotDescription::local().resource("pbs"))
         .unwrap_err();
     assert!(matches!(err, PilotError::UnknownResource { .. }), "{err}");
     session.close().unwrap();
