@@ -46,6 +46,8 @@ pub mod context;
 pub mod dist;
 pub mod dist_table;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod io;
 pub mod ipc;
 pub mod limits;

@@ -9,6 +9,8 @@ mod bad_input;
 mod common;
 #[path = "integration/dist_ops.rs"]
 mod dist_ops;
+#[path = "integration/faults.rs"]
+mod faults;
 #[path = "integration/io_and_errors.rs"]
 mod io_and_errors;
 #[path = "integration/local_ops.rs"]

@@ -51,7 +51,7 @@ pub(crate) fn agree<T>(comm: &dyn Communicator, op: &'static str, local: Result<
 }
 
 /// An error as bytes: a tag, then its fields (never empty).
-fn encode_error(op: &'static str, e: &FrameError) -> Result<Vec<u8>> {
+pub(crate) fn encode_error(op: &'static str, e: &FrameError) -> Result<Vec<u8>> {
     let mut b = Vec::new();
     let path = |p: &PathBuf| p.to_string_lossy().into_owned();
     match e {
@@ -82,7 +82,7 @@ fn encode_error(op: &'static str, e: &FrameError) -> Result<Vec<u8>> {
 }
 
 /// The error `rank` encoded, every length checked.
-fn decode_error(op: &'static str, rank: usize, bytes: &[u8]) -> Result<FrameError> {
+pub(crate) fn decode_error(op: &'static str, rank: usize, bytes: &[u8]) -> Result<FrameError> {
     let mut r = WireReader::new(op, "error report", rank, bytes);
     let e = match r.u8("the error kind")? {
         MALFORMED => {

@@ -94,7 +94,7 @@ pub fn row_counts(comm: &dyn Communicator, table: &Table) -> Result<Vec<u64>> {
 
 /// Checks the counts every rank sent: exactly one each, with a total that
 /// fits in `u64` (callers add them up).
-fn decode_row_counts(parts: Vec<Vec<u64>>) -> Result<Vec<u64>> {
+pub(crate) fn decode_row_counts(parts: Vec<Vec<u64>>) -> Result<Vec<u64>> {
     let mut total = 0u64;
     let mut out = Vec::with_capacity(parts.len());
     for (rank, p) in parts.into_iter().enumerate() {

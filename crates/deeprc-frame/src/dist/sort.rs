@@ -230,7 +230,7 @@ fn dest_by_rows(
 
 /// The row samples every rank sent (`parts[r]` from rank `r`): each a
 /// sequence of `u32`-length-prefixed rows, every length checked.
-fn decode_samples(parts: Vec<Bytes>) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn decode_samples(parts: Vec<Bytes>) -> Result<Vec<Vec<u8>>> {
     let mut all: Vec<Vec<u8>> = Vec::new();
     for (rank, part) in parts.iter().enumerate() {
         let mut r = WireReader::new("sort", "sort samples", rank, part);
