@@ -80,7 +80,10 @@ pub fn camels_files(root: &Path, kind: CamelsKind) -> Result<Vec<PathBuf>> {
 
 /// Days since 1970-01-01 of a civil date, or `None` when it is not a date.
 pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i32> {
-    if !(1..=12).contains(&m) || d < 1 {
+    // Days since 1970 fit an i32 for about 5.8 million years either way:
+    // a year beyond a million is no date (and the arithmetic below cannot
+    // overflow; a fuzzed year of -888888888888888899 made it).
+    if !(1..=12).contains(&m) || d < 1 || !(-1_000_000..=1_000_000).contains(&y) {
         return None;
     }
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
@@ -405,5 +408,30 @@ mod tests {
         assert_eq!(days_from_civil(2000, 2, 29), Some(11_016));
         assert_eq!(days_from_civil(2001, 2, 29), None);
         assert_eq!(days_from_civil(2001, 13, 1), None);
+        assert_eq!(days_from_civil(-1_000_000, 1, 1), Some(-365_962_028));
+        assert_eq!(days_from_civil(1_000_000, 12, 31), Some(364_523_337));
+    }
+
+    /// Found by the `camels` fuzz target (its input inline): a year far out
+    /// of range overflowed the date arithmetic (a panic in debug builds, a
+    /// wrapped, silently wrong date in release builds). Now it is not a
+    /// date: a typed error naming file, line and column.
+    #[test]
+    fn absurd_years_are_errors_not_overflows() {
+        for y in [i64::MIN, -888_888_888_888_888_899, -1_000_001, 1_000_001, i64::MAX] {
+            assert_eq!(days_from_civil(y, 9, 1), None, "{y}");
+        }
+        let dir = std::env::temp_dir().join(format!("deeprc-camels-year-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("02_streamflow_qc.txt");
+        std::fs::write(&path, b"02 -888888888888888899 9 01 0 0").unwrap();
+        match super::read_streamflow(&path) {
+            Err(crate::FrameError::Malformed { line, column, reason, .. }) => {
+                assert_eq!((line, column.as_str()), (Some(1), "year"), "{reason}");
+                assert!(reason.contains("not a date"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

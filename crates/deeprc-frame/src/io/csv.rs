@@ -369,13 +369,20 @@ fn locate(path: &Path, offset: u64, delimiter: u8) -> Result<(usize, usize)> {
     }
 }
 
-/// The byte range of part `part` of `parts` of a file, moved to line starts:
-/// the part holds the lines whose first byte lies in its raw range.
-fn line_range(f: &mut File, len: u64, part: usize, parts: usize) -> Result<(u64, u64)> {
-    let raw = |p: usize| len * p as u64 / parts as u64;
+/// The byte range of part `part` of `parts` of the bytes `from..len` of a
+/// file (`from` a line start), moved to line starts: the part holds the
+/// lines whose first byte lies in its raw range.
+fn line_range(
+    f: &mut File,
+    from: u64,
+    len: u64,
+    part: usize,
+    parts: usize,
+) -> Result<(u64, u64)> {
+    let raw = |p: usize| from + (len - from) * p as u64 / parts as u64;
     let mut next_line = |pos: u64| -> Result<u64> {
-        if pos == 0 {
-            return Ok(0);
+        if pos == from {
+            return Ok(from);
         }
         if pos >= len {
             return Ok(len);
@@ -400,9 +407,32 @@ fn line_range(f: &mut File, len: u64, part: usize, parts: usize) -> Result<(u64,
     Ok((next_line(raw(part))?, next_line(raw(part + 1))?))
 }
 
+/// The end of the header: the byte after the first line that is not empty
+/// (the CSV reader skips empty lines, `""` or `"\r"`, before the header as
+/// it does everywhere), or `len` when there is none.
+fn header_end(f: &mut File, len: u64) -> Result<u64> {
+    f.seek(SeekFrom::Start(0)).ctx("seeking in a CSV file")?;
+    let mut r = BufReader::new(f).take(len);
+    let mut line = Vec::new();
+    let mut at = 0u64;
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_until(&mut r, b'\n', &mut line)
+            .ctx("reading a CSV file")?;
+        if n == 0 {
+            return Ok(len);
+        }
+        at += n as u64;
+        if line.iter().any(|&b| b != b'\n' && b != b'\r') {
+            return Ok(at);
+        }
+    }
+}
+
 /// Reads part `part` of `parts` of a CSV file (byte ranges cut at line
 /// ends; fields must not hold line breaks). Errors name lines of the whole
-/// file.
+/// file. With a header, the parts split the lines after it and part 0
+/// reads the header too (however many empty lines come before it).
 pub fn read_csv_part(
     path: &Path,
     schema: SchemaRef,
@@ -412,7 +442,15 @@ pub fn read_csv_part(
 ) -> Result<Table> {
     let mut f = open(path)?;
     let len = f.metadata().ctx("reading file size")?.len();
-    let (start, end) = line_range(&mut f, len, part, parts)?;
+    let body = if options.has_header {
+        header_end(&mut f, len)?
+    } else {
+        0
+    };
+    let (mut start, end) = line_range(&mut f, body, len, part, parts)?;
+    if part == 0 {
+        start = 0;
+    }
     if start >= end {
         return Ok(Table::empty(schema));
     }
@@ -617,5 +655,43 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Found by the `csv` fuzz target (input inline): with empty lines
+    /// before the header, the header fell into part 1 and was read as a
+    /// row; the parts of a file must make the file.
+    #[test]
+    fn parts_make_the_whole_file_when_empty_lines_precede_the_header() {
+        let dir = std::env::temp_dir().join(format!("deeprc-csv-parts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases: [(&[u8], u8); 4] = [
+            (b"\n;(\n", b';'),
+            (b"\n\n\r\na,b\n1,2\n3,4\n", b','),
+            (b"\n\n\n\n\n\n\na,b\n1,2\n", b','),
+            (b"a,b\n\n1,2\n\n3,4\n", b','),
+        ];
+        for (k, (text, delimiter)) in cases.into_iter().enumerate() {
+            let path = dir.join(format!("{k}.csv"));
+            std::fs::write(&path, text).unwrap();
+            let options = CsvOptions {
+                delimiter,
+                ..CsvOptions::default()
+            };
+            let whole = read_csv(&path, &options).unwrap();
+            let schema = infer_schema(&path, &options).unwrap();
+            for parts in 1..=4 {
+                let pieces: Vec<Table> = (0..parts)
+                    .map(|p| read_csv_part(&path, Arc::clone(&schema), &options, p, parts).unwrap())
+                    .collect();
+                let joined = Table::concat(&pieces).unwrap();
+                assert!(
+                    joined.equals(&whole).unwrap(),
+                    "case {k}, {parts} parts: {} rows, the whole file {}",
+                    joined.num_rows(),
+                    whole.num_rows()
+                );
+            }
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
