@@ -74,7 +74,11 @@
 mod agent;
 mod description;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
+mod journal;
 mod launch;
+mod orphan;
 mod profile;
 mod reaper;
 mod registry;
@@ -96,6 +100,7 @@ pub use description::{
     TaskRef,
 };
 pub use error::{PilotError, Result};
+pub use journal::{Journal, JournalEntry, JournalRead};
 pub use launch::{CommEnv, CommandSpec, Fork, LaunchMethod, LaunchRequest, Mpirun};
 pub use profile::{PlacementRecord, ProfileFiles, RetryHistory, Stats, Summary, TaskRecord};
 pub use registry::{Registry, TaskContext};

@@ -169,6 +169,9 @@ impl<'a> Dec<'a> {
     }
 }
 
+/// How far ahead of the bytes received a frame's buffer is allocated.
+const FILL_AHEAD: usize = 4 << 20;
+
 /// Reads one frame of at most `max` bytes (its length prefix included)
 /// into `buf` and returns its kind; `Ok(None)` at a clean end of stream.
 pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, max: u64) -> io::Result<Option<u8>> {
@@ -185,8 +188,17 @@ pub(crate) fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>, max: u64) -> io::
             format!("frame of {} bytes refused (limit {max})", len as u64 + 4),
         ));
     }
-    buf.resize(len, 0);
-    r.read_exact(buf)?;
+    // Filled as the bytes arrive, at most FILL_AHEAD ahead of them: a peer
+    // that announces a large frame and sends less never makes this side
+    // allocate much more than it sent (the fuzzer's 5-byte frame claiming
+    // 4 GiB used to allocate 4 GiB before reading a byte of it).
+    buf.clear();
+    while buf.len() < len {
+        let want = (len - buf.len()).min(FILL_AHEAD);
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        r.read_exact(&mut buf[start..])?;
+    }
     let kind = buf[0];
     buf.drain(..1);
     Ok(Some(kind))
@@ -511,5 +523,26 @@ mod tests {
         let mut e = Enc::new(DONE);
         empty.encode(&mut e);
         assert_eq!(e.len(), DONE_OVERHEAD);
+    }
+
+    /// Found by the `pilot_wire` fuzz target (out of memory): a length
+    /// prefix of nearly 4 GiB followed by a few bytes allocated the whole
+    /// frame before reading it. Now the buffer grows with what arrives,
+    /// and the short frame is an error.
+    #[test]
+    fn a_frame_announcing_gigabytes_allocates_what_arrives() {
+        let mut input = (u32::MAX - 8).to_le_bytes().to_vec();
+        input.extend_from_slice(&[RUN, 1, 2, 3]);
+        let mut buf = Vec::new();
+        let r = read_frame(&mut &input[..], &mut buf, u64::from(u32::MAX));
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert!(buf.capacity() <= 2 * FILL_AHEAD, "{}", buf.capacity());
+        // Frames larger than the fill-ahead still read whole.
+        let body = vec![7u8; 3 * FILL_AHEAD + 5];
+        let mut e = Enc::new(DONE);
+        e.buf.extend_from_slice(&body);
+        let mut r = std::io::Cursor::new(e.finish().to_vec());
+        assert_eq!(read_frame(&mut r, &mut buf, u64::from(u32::MAX)).unwrap(), Some(DONE));
+        assert_eq!(buf, body);
     }
 }

@@ -160,6 +160,11 @@ fn pool_main(registry: &Registry) -> i32 {
         eprintln!("deeprc-pilot worker: saying hello: {e}");
         return 3;
     }
+    // An orphan must not run its task on (the client was killed).
+    if let Err(e) = crate::orphan::exit_when_orphaned() {
+        eprintln!("deeprc-pilot worker: watching the agent: {e}");
+        return 3;
+    }
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut buf = Vec::new();
     loop {

@@ -1,7 +1,9 @@
 //! Load tests: 100,000 null function tasks (on threads and in worker
 //! processes) and 10,000 `/bin/true` tasks complete, and the memory the
 //! client keeps does not grow with the number of tasks beyond a fixed
-//! budget per task.
+//! budget per task; 64 multi-rank tasks create their communicators at
+//! once; 200 sessions opened and closed leak no threads, file descriptors
+//! or heap.
 //!
 //! What is measured is what the claim is about: the live heap bytes of this
 //! process (a counting global allocator), read after a warm-up and again
@@ -15,7 +17,7 @@
 mod common;
 
 use deeprc_pilot::{
-    current_rss_bytes, FunctionLaunch, PilotDescription, TaskDescription, TaskManager,
+    current_rss_bytes, FunctionLaunch, PilotDescription, TaskDescription, TaskManager, TaskState,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -207,4 +209,151 @@ fn ten_thousand_bin_true_tasks() {
     );
     assert_eq!(summary.done, 11_000);
     drop(dir);
+}
+
+/// 64 four-rank function tasks placed at once, on thread ranks (local
+/// communicators) and again in worker processes (tcp communicators): 256
+/// ranks on a pilot of 256 core slots, however few CPUs there are, each
+/// task creating its communicator and all-reducing at the same time. All
+/// end DONE with the right sum.
+#[test]
+fn sixty_four_concurrent_multi_rank_tasks_create_communicators_at_once() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for (launch, tasks) in [
+        (FunctionLaunch::Threads, 64),
+        (FunctionLaunch::Processes, 64),
+    ] {
+        let (session, _pilot, tm, dir) = common::setup(
+            &format!("load-concurrent-{launch:?}"),
+            PilotDescription::local().cores(4 * tasks).pin_cpus(false),
+        );
+        let start = std::time::Instant::now();
+        let all = tm
+            .submit_many(
+                (0..tasks)
+                    .map(|_| {
+                        TaskDescription::function("allreduce")
+                            .ranks(4)
+                            .function_launch(launch)
+                            .try_args(&())
+                            .unwrap()
+                    })
+                    .collect(),
+            )
+            .unwrap();
+        tm.wait_all();
+        let mut setups = Vec::new();
+        for t in &all {
+            assert_eq!(t.state(), TaskState::Done, "{:?}", t.reason());
+            for out in t.outputs() {
+                let (sum, setup_ns): (f64, u64) = serde_json::from_slice(&out).unwrap();
+                assert_eq!(sum, 1.0 + 2.0 + 3.0 + 4.0);
+                setups.push(setup_ns);
+            }
+        }
+        setups.sort_unstable();
+        println!(
+            "{tasks} concurrent 4-rank all-reduce tasks ({launch:?}): all DONE in {:.2} s; \
+             communicator setup median {:.2} ms, max {:.2} ms",
+            start.elapsed().as_secs_f64(),
+            setups[setups.len() / 2] as f64 / 1e6,
+            setups[setups.len() - 1] as f64 / 1e6,
+        );
+        session.close().unwrap();
+        drop(dir);
+    }
+}
+
+/// The threads and open file descriptors of this process.
+fn threads_and_fds() -> (i64, i64) {
+    let count = |d: &str| std::fs::read_dir(d).map(|r| r.count() as i64).unwrap_or(-1);
+    (count("/proc/self/task"), count("/proc/self/fd"))
+}
+
+/// The least-squares slope of `ys` over `xs`.
+fn slope(xs: &[f64], ys: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
+    let cov: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    cov / var
+}
+
+/// A day of a pilot's life compressed: 200 sessions opened and closed, each
+/// with a pilot, function tasks on threads and in worker processes, a
+/// multi-rank task with a communicator and an executable. Threads, file
+/// descriptors and live heap must not grow with sessions: the slopes over
+/// sessions 40..200 (after a warm-up) stay within generous budgets.
+#[test]
+fn two_hundred_sessions_leak_no_threads_fds_or_memory() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let root = common::scratch_in_memory("soak");
+    let (mut xs, mut threads, mut fds, mut heap) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut first = None;
+    for i in 0..200 {
+        let session = deeprc_pilot::Session::builder()
+            .registry(common::functions::registry())
+            .sandbox(root.join("sandbox"))
+            .build()
+            .unwrap();
+        let pilot = session
+            .pilot_manager()
+            .submit(
+                PilotDescription::local()
+                    .cores(4)
+                    .worker_executable(common::host()),
+            )
+            .unwrap();
+        let tm = session.task_manager();
+        tm.add_pilot(&pilot).unwrap();
+        let tasks = tm
+            .submit_many(vec![
+                TaskDescription::function("echo").args_bytes(format!("{i}")),
+                TaskDescription::function("echo")
+                    .args_bytes(format!("{i}"))
+                    .in_processes(),
+                TaskDescription::function("allreduce")
+                    .ranks(2)
+                    .try_args(&())
+                    .unwrap(),
+                TaskDescription::executable(["/bin/true"]),
+            ])
+            .unwrap();
+        tm.wait_all();
+        for t in &tasks {
+            assert_eq!(t.state(), TaskState::Done, "session {i}: {:?}", t.reason());
+        }
+        assert_eq!(tasks[1].output(), Some(format!("{i}").into_bytes()));
+        drop(tasks);
+        session.close().unwrap();
+        if i >= 40 && i % 10 == 9 {
+            let (t, f) = threads_and_fds();
+            xs.push(i as f64);
+            threads.push(t as f64);
+            fds.push(f as f64);
+            heap.push(live_heap_bytes() as f64);
+            first.get_or_insert((t, f, live_heap_bytes()));
+        }
+    }
+    let (t0, f0, h0) = first.unwrap();
+    let (ts, fs, hs) = (slope(&xs, &threads), slope(&xs, &fds), slope(&xs, &heap));
+    println!(
+        "soak, 200 sessions: threads {t0} -> {} ({ts:+.3}/session), fds {f0} -> {} \
+         ({fs:+.3}/session), live heap {:.2} -> {:.2} MiB ({hs:+.0} B/session)",
+        threads.last().unwrap(),
+        fds.last().unwrap(),
+        h0 as f64 / (1 << 20) as f64,
+        heap.last().unwrap() / (1 << 20) as f64,
+    );
+    // A leak of one thread or descriptor every 10 sessions fails; so does
+    // 16 KiB of heap per session (a session's records are a few KiB).
+    assert!(ts < 0.1, "threads grow by {ts} per session: {threads:?}");
+    assert!(
+        fs < 0.1,
+        "file descriptors grow by {fs} per session: {fds:?}"
+    );
+    assert!(
+        hs < 16384.0,
+        "the heap grows by {hs} bytes per session: {heap:?}"
+    );
 }
