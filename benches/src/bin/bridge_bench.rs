@@ -1,10 +1,13 @@
-//! Data Bridge benchmarks: the loader's throughput beside memcpy bandwidth
-//! measured in the same run, against the issue's goals (at least half of
-//! memcpy, at least 10x PyTorch's DataLoader: 0.39 GB/s measured here with 0
-//! workers, 0.27 GB/s with 2).
+//! Data Bridge benchmarks: the loader's throughput beside PyTorch's
+//! `DataLoader` and memcpy bandwidth, all measured in the same run on the
+//! same rows, against the issue's goals (at least half of memcpy, at least
+//! 10x PyTorch's DataLoader). No constant stands in for a peer.
 //!
 //! ```text
-//! cargo run --release -p deeprc-benches --bin bridge_bench [-- --rows 10000000 --batches 4000]
+//! benches/peers/setup.sh     # once: the benchmark venv .venv-bench (PyTorch 2.13.0 + peers)
+//! cargo run --release -p deeprc-benches --bin bridge_bench            # 10M rows, 3 rounds
+//! cargo run --release -p deeprc-benches --bin bridge_bench -- --rows 1000000 --batches 1000 --rounds 1
+//! cargo run --release -p deeprc-benches --bin bridge_bench -- --peers batched   # or none
 //! cargo run --release -p deeprc-benches --features tch --bin bridge_bench   # + tch tensors
 //! ```
 //!
@@ -13,30 +16,63 @@
 //!    256, shuffled, over `--rows` rows in 10 series. GB/s counts the
 //!    tensor bytes produced (inputs + targets: 3840 B per window).
 //! 2. Tabular: the same rows as samples, 8 `f32` features + 1 `f32` label
-//!    (36 B per sample: samples/s is the figure that matters; the PyTorch
-//!    ratio compares with its window figure), batch 256, shuffled and
-//!    sequential.
+//!    (36 B per sample), batch 256, shuffled and sequential.
 //! 3. When a CUDA device is present: host-to-device copies from the
 //!    loader's staging buffers (needs `--features tch`).
+//!
+//! PyTorch: `benches/peers/loader_peers.py` runs PyTorch's
+//! `torch.utils.data.DataLoader` on the same workloads, in a fresh process of
+//! the benchmark venv's Python (`DEEPRC_PEERS_PYTHON` overrides the default
+//! `.venv-bench/bin/python`) per configuration and round, in two variants
+//! (`--peers`, default `map,batched`): `map`, a map-style `Dataset` with one
+//! sample per `__getitem__` batched by `default_collate` (what the tutorial
+//! writes), and `batched`, a `BatchSampler` as the sampler so that
+//! `__getitem__` builds a whole batch with one vectorised `index_select` per
+//! tensor (PyTorch at its best). It gets the same number of workers (worker
+//! processes there, threads here) and `torch.set_num_threads(max(1,
+//! workers))`. The rows: the table generated here is written once per run
+//! as raw little-endian `.npy` files under
+//! `target/bridge-bench-data/rows-<rows>/` (`x.npy`: `f32 [rows, 9]`, f0..f7
+//! then the label; `series.npy`: `i64 [rows]`), which the script loads (and
+//! z-scores, for the windows, as the Data Bridge does at build time) before
+//! its clock starts. Timing and byte accounting are the same on both sides:
+//! one warm-up batch, then the clock over `--batches` batches (4x for the
+//! tabular rows) cycling epochs, counting the tensor bytes produced; a
+//! PyTorch run also stops its clock after `--peer-seconds` (default 10) and
+//! its figure is then the rate over the batches it did. Per configuration
+//! the rounds are interleaved (Data Bridge, PyTorch map, PyTorch batched,
+//! then again), each figure is the median over `--rounds` (default 3) and
+//! the 1-minute load average (`/proc/loadavg`) at the start of each run is
+//! recorded; its median is printed beside the figure. A peer that fails
+//! prints why and gets no figure; nothing stands in for it.
 
-use deeprc_bridge::arrow::array::{ArrayRef, Float32Array, Int64Array, RecordBatch};
+use deeprc_bridge::arrow::array::{Array, ArrayRef, Float32Array, Int64Array, RecordBatch};
 use deeprc_bridge::arrow::datatypes::{DataType, Field, Schema};
 use deeprc_bridge::{
     DataSource, Dataset, Loader, LoaderOptions, Normalize, RowSpec, SamplerOptions, WindowSpec,
     ZeroCopy,
 };
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-const PYTORCH_GBPS_0: f64 = 0.39;
-const PYTORCH_GBPS_2: f64 = 0.27;
 const FEATURES: [&str; 8] = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"];
+/// Tensor bytes of one window (96 + 24 rows of 8 `f32`).
+const WINDOW_BYTES: usize = (96 + 24) * 8 * 4;
+/// Tensor bytes of one tabular sample (8 `f32` features + 1 `f32` label).
+const ROW_BYTES: usize = 9 * 4;
 
-fn arg(name: &str, default: usize) -> usize {
+fn arg_str(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    arg_str(name)
         .map(|v| {
             v.replace('_', "")
                 .parse()
@@ -58,6 +94,14 @@ fn memcpy_gbps(bytes: usize) -> f64 {
             bytes as f64 / t.elapsed().as_secs_f64() / 1e9
         })
         .fold(0.0, f64::max)
+}
+
+/// The 1-minute load average.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
 }
 
 /// `rows` rows of 8 `f32` features (smooth signals + noise) and a series id,
@@ -98,6 +142,72 @@ fn table(rows: usize, series: usize) -> DataSource {
     DataSource::from_batches(schema, batches).expect("source")
 }
 
+/// The header of a version 1.0 `.npy` file of a C-order array.
+fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = match dims.as_slice() {
+        [d] => format!("({d},)"),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    // magic + version (8 B) + header length (2 B) + dict + '\n', padded to 64 B.
+    let total = (10 + dict.len() + 1).div_ceil(64) * 64;
+    dict.push_str(&" ".repeat(total - 10 - dict.len() - 1));
+    dict.push('\n');
+    let mut h = b"\x93NUMPY\x01\x00".to_vec();
+    h.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    h.extend_from_slice(dict.as_bytes());
+    h
+}
+
+/// Writes the rows of `src` for the PyTorch peer (`x.npy`: `f32 [rows, 9]`,
+/// f0..f7 then the label; `series.npy`: `i64 [rows]`); returns their folder.
+fn write_peer_data(src: &DataSource, rows: usize) -> std::io::Result<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bridge-bench-data")
+        .join(format!("rows-{rows}"));
+    std::fs::create_dir_all(&dir)?;
+    let (x_part, s_part) = (dir.join("x.npy.part"), dir.join("series.npy.part"));
+    let mut x = BufWriter::new(std::fs::File::create(&x_part)?);
+    let mut s = BufWriter::new(std::fs::File::create(&s_part)?);
+    x.write_all(&npy_header("<f4", &[rows, 1 + FEATURES.len()]))?;
+    s.write_all(&npy_header("<i8", &[rows]))?;
+    let mut buf = Vec::new();
+    for b in src.batches() {
+        let ids = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("series column");
+        let cols: Vec<&Float32Array> = (1..=1 + FEATURES.len())
+            .map(|i| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<Float32Array>()
+                    .expect("f32 column")
+            })
+            .collect();
+        buf.clear();
+        for r in 0..b.num_rows() {
+            for c in &cols {
+                buf.extend_from_slice(&c.value(r).to_le_bytes());
+            }
+        }
+        x.write_all(&buf)?;
+        buf.clear();
+        for v in ids.values() {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        s.write_all(&buf)?;
+    }
+    x.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    s.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&x_part, dir.join("x.npy"))?;
+    std::fs::rename(&s_part, dir.join("series.npy"))?;
+    Ok(dir.canonicalize().unwrap_or(dir))
+}
+
+#[derive(Clone, Copy)]
 struct Run {
     batches: usize,
     samples: usize,
@@ -138,15 +248,227 @@ fn run<D: Dataset>(loader: &Loader<D>, n: usize) -> Run {
     }
 }
 
-fn report(what: &str, r: &Run, memcpy: f64, pytorch: f64) {
+/// The Python of the benchmark venv (`DEEPRC_PEERS_PYTHON` overrides).
+fn peers_python() -> PathBuf {
+    std::env::var_os("DEEPRC_PEERS_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-bench/bin/python"),
+        PathBuf::from,
+    )
+}
+
+/// The PyTorch variants of `loader_peers.py`: its `--variant` and a label.
+const PEERS: [(&str, &str); 2] = [
+    ("map", "PyTorch map-style + collate"),
+    ("batched", "PyTorch BatchSampler+index_select"),
+];
+
+/// One configuration, run by the Data Bridge and by each PyTorch variant.
+struct Config {
+    label: &'static str,
+    /// `loader_peers.py --workload`.
+    workload: &'static str,
+    shuffle: bool,
+    workers: usize,
+    batches: usize,
+}
+
+impl Config {
+    fn sampler(&self) -> SamplerOptions {
+        if self.shuffle {
+            SamplerOptions::shuffled(256, 1)
+        } else {
+            SamplerOptions::sequential(256)
+        }
+    }
+
+    fn sample_bytes(&self) -> usize {
+        if self.workload == "windows" {
+            WINDOW_BYTES
+        } else {
+            ROW_BYTES
+        }
+    }
+}
+
+/// What the whole run shares.
+struct Bench {
+    memcpy: f64,
+    rounds: usize,
+    peers: Vec<(&'static str, &'static str)>,
+    /// The rows for the peers (or why there are none).
+    data: Result<PathBuf, String>,
+    peer_seconds: f64,
+    failures: Vec<String>,
+}
+
+/// One PyTorch variant on one configuration, in a fresh Python process; the
+/// error names why it gave no figure.
+fn spawn_peer(data: &Path, variant: &str, c: &Config, max_secs: f64) -> Result<Run, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/loader_peers.py");
+    let order = if c.shuffle { "shuffled" } else { "sequential" };
+    let what = format!("PyTorch {variant} {} {order} w{}", c.workload, c.workers);
+    let out = Command::new(peers_python())
+        .arg(script)
+        .arg("--data")
+        .arg(data)
+        .args([
+            "--workload",
+            c.workload,
+            "--variant",
+            variant,
+            "--order",
+            order,
+        ])
+        .args(["--workers", &c.workers.to_string()])
+        .args(["--batches", &c.batches.to_string()])
+        .args(["--threads", &c.workers.max(1).to_string()])
+        .args(["--max-seconds", &max_secs.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{what}: {} did not start: {e}", peers_python().display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let parsed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f.as_slice() {
+                [_, batches, secs, bytes] => Some((
+                    batches.parse::<usize>().ok()?,
+                    secs.parse::<f64>().ok()?,
+                    bytes.parse::<usize>().ok()?,
+                )),
+                _ => None,
+            }
+        });
+    match parsed {
+        Some((batches, secs, bytes)) if out.status.success() => Ok(Run {
+            batches,
+            samples: bytes / c.sample_bytes(),
+            bytes,
+            secs,
+        }),
+        _ => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(format!(
+                "{what} failed ({}): {}",
+                out.status,
+                err.lines()
+                    .rfind(|l| !l.trim().is_empty())
+                    .unwrap_or("no output")
+            ))
+        }
+    }
+}
+
+/// The median run (by GB/s) and the median load of `runs`.
+fn median(runs: &[(Run, f64)]) -> Option<(Run, f64)> {
+    if runs.is_empty() {
+        return None;
+    }
+    let mut by_rate: Vec<Run> = runs.iter().map(|r| r.0).collect();
+    by_rate.sort_by(|a, b| a.gbps().total_cmp(&b.gbps()));
+    let mut loads: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    loads.sort_by(f64::total_cmp);
+    Some((by_rate[by_rate.len() / 2], loads[loads.len() / 2]))
+}
+
+/// One figure's line; `ratio` is the Data Bridge's GB/s over this one's.
+fn line(who: &str, r: &Run, memcpy: f64, ratio: Option<f64>, load: f64) {
+    let ratio = ratio.map_or(String::new(), |x| format!("ours {x:.2}x"));
     println!(
-        "  {what:<34} {:>7.0} batches/s {:>6.2} M samples/s {:>6.2} GB/s   {:.2}x memcpy   {:>5.1}x PyTorch ({pytorch} GB/s)",
+        "    {who:<34} {:>7.0} batches/s {:>6.2} M samples/s {:>7.3} GB/s  {:.3}x memcpy  {ratio:<12} load {load:.2}  ({} batches in {:.2} s)",
         r.batches as f64 / r.secs,
         r.samples as f64 / r.secs / 1e6,
         r.gbps(),
         r.gbps() / memcpy,
-        r.gbps() / pytorch,
+        r.batches,
+        r.secs,
     );
+}
+
+/// The median figures of one configuration: the Data Bridge's, then each
+/// PyTorch variant's (`None`: it failed every round).
+struct Figures {
+    ours: Run,
+    peers: Vec<Option<Run>>,
+}
+
+/// Runs `c` `rounds` times, interleaving the Data Bridge and the PyTorch
+/// variants, and prints the median figures.
+fn compare<D: Dataset>(bench: &mut Bench, ds: &Arc<D>, c: &Config) -> (Figures, Loader<D>) {
+    let l = Loader::new(
+        Arc::clone(ds),
+        c.sampler(),
+        opts(c.workers, ZeroCopy::Prefer),
+    )
+    .expect("loader");
+    let mut ours = Vec::new();
+    let mut peers: Vec<Vec<(Run, f64)>> = vec![Vec::new(); bench.peers.len()];
+    let mut why: Vec<Option<String>> = vec![None; bench.peers.len()];
+    for round in 1..=bench.rounds {
+        let load = load_average();
+        let r = run(&l, c.batches);
+        eprintln!(
+            "bridge_bench: round {round}/{} {} {}: Data Bridge {:.2} GB/s (load {load:.2})",
+            bench.rounds,
+            c.workload,
+            c.label,
+            r.gbps()
+        );
+        ours.push((r, load));
+        for (k, (variant, _)) in bench.peers.iter().enumerate() {
+            let load = load_average();
+            let outcome = match &bench.data {
+                Ok(dir) => spawn_peer(dir, variant, c, bench.peer_seconds),
+                Err(e) => Err(e.clone()),
+            };
+            match outcome {
+                Ok(r) => {
+                    eprintln!(
+                        "bridge_bench: round {round}/{} {} {}: PyTorch {variant} {:.3} GB/s (load {load:.2})",
+                        bench.rounds,
+                        c.workload,
+                        c.label,
+                        r.gbps()
+                    );
+                    peers[k].push((r, load));
+                }
+                Err(e) => {
+                    eprintln!("bridge_bench: {e}");
+                    bench.failures.push(e.clone());
+                    why[k] = Some(e);
+                }
+            }
+        }
+    }
+    let (o, o_load) = median(&ours).expect("rounds >= 1");
+    println!("  {}", c.label);
+    line("Data Bridge", &o, bench.memcpy, None, o_load);
+    let mut figures = Vec::new();
+    for (k, (_, label)) in bench.peers.iter().enumerate() {
+        match median(&peers[k]) {
+            Some((p, load)) => {
+                line(label, &p, bench.memcpy, Some(o.gbps() / p.gbps()), load);
+                figures.push(Some(p));
+            }
+            None => {
+                println!(
+                    "    {label:<34} no figure: {}",
+                    why[k].as_deref().unwrap_or("not run")
+                );
+                figures.push(None);
+            }
+        }
+    }
+    (
+        Figures {
+            ours: o,
+            peers: figures,
+        },
+        l,
+    )
 }
 
 fn opts(workers: usize, zero_copy: ZeroCopy) -> LoaderOptions {
@@ -158,19 +480,67 @@ fn opts(workers: usize, zero_copy: ZeroCopy) -> LoaderOptions {
     }
 }
 
+/// `10 x PyTorch` goal text for the best PyTorch figure of a variant.
+fn goal_vs(best: f64, label: &str, peer: Option<f64>) -> String {
+    match peer {
+        Some(p) => format!(
+            ">= 10 x {label} ({:.2} = 10 x {p:.3}): {}",
+            10.0 * p,
+            if best >= 10.0 * p { "MET" } else { "NOT MET" }
+        ),
+        None => format!("vs {label}: no PyTorch figure in this run, not judged"),
+    }
+}
+
 fn main() {
     let rows = arg("--rows", 10_000_000);
     let n = arg("--batches", 4000);
+    let rounds = arg("--rounds", 3).max(1);
+    let peer_seconds = arg_str("--peer-seconds").map_or(10.0, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("--peer-seconds takes a number"))
+    });
+    let wanted = arg_str("--peers").unwrap_or_else(|| "map,batched".into());
+    let peers: Vec<(&str, &str)> = PEERS
+        .iter()
+        .copied()
+        .filter(|(v, _)| wanted.split(',').any(|w| w == *v))
+        .collect();
     let series = 10;
-    println!("bridge_bench: {rows} rows x 8 f32 features ({series} series), batch 256, {n} batches per figure");
+    println!("bridge_bench: {rows} rows x 8 f32 features ({series} series), batch 256, {n} batches per figure (tabular: {}), median of {rounds} interleaved rounds", n * 4);
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    println!("  machine: {cores} cores");
+    println!("  machine: {cores} cores, load {:.2}", load_average());
+    let load = load_average();
     let memcpy = memcpy_gbps(256 << 20);
-    println!("  memcpy, 1 thread, 256 MiB:          {memcpy:.2} GB/s");
+    println!("  memcpy, 1 thread, 256 MiB:          {memcpy:.2} GB/s (this run, load {load:.2})");
 
     let t = Instant::now();
     let src = table(rows, series);
     println!("  table generated in {:.2} s", t.elapsed().as_secs_f64());
+    let data = if peers.is_empty() {
+        Err("no PyTorch variant asked for (--peers)".to_string())
+    } else {
+        let t = Instant::now();
+        let d = write_peer_data(&src, rows)
+            .map_err(|e| format!("writing the rows for PyTorch failed: {e}"));
+        if let Ok(dir) = &d {
+            println!(
+                "  rows written for PyTorch in {:.2} s: {}/{{x,series}}.npy (PyTorch: {}, benches/peers/loader_peers.py, --peer-seconds {peer_seconds})",
+                t.elapsed().as_secs_f64(),
+                dir.display(),
+                peers_python().display(),
+            );
+        }
+        d
+    };
+    let mut bench = Bench {
+        memcpy,
+        rounds,
+        peers,
+        data,
+        peer_seconds,
+        failures: Vec::new(),
+    };
 
     // ---- windows ----
     let t = Instant::now();
@@ -188,52 +558,64 @@ fn main() {
         t.elapsed().as_secs_f64()
     );
     let mut best = 0.0f64;
-    for workers in [0, 1, 2] {
-        let l = Loader::new(
-            Arc::clone(&ds),
-            SamplerOptions::shuffled(256, 1),
-            opts(workers, ZeroCopy::Prefer),
-        )
-        .expect("loader");
-        let r = run(&l, n);
-        let py = if workers == 0 {
-            PYTORCH_GBPS_0
-        } else {
-            PYTORCH_GBPS_2
+    let mut peer_best: Vec<Option<f64>> = vec![None; bench.peers.len()];
+    let mut peer_w2: Option<f64> = None;
+    for (label, workers) in [
+        ("shuffled, 0 workers", 0),
+        ("shuffled, 1 worker", 1),
+        ("shuffled, 2 workers", 2),
+    ] {
+        let c = Config {
+            label,
+            workload: "windows",
+            shuffle: true,
+            workers,
+            batches: n,
         };
-        report(&format!("shuffled, {workers} worker(s)"), &r, memcpy, py);
-        best = best.max(r.gbps());
+        let (f, l) = compare(&mut bench, &ds, &c);
+        best = best.max(f.ours.gbps());
+        for (b, p) in peer_best.iter_mut().zip(&f.peers) {
+            if let Some(p) = p {
+                *b = Some(b.map_or(p.gbps(), |b: f64| b.max(p.gbps())));
+            }
+        }
         if workers == 2 {
+            peer_w2 = f.peers.iter().flatten().map(Run::gbps).reduce(f64::max);
             println!("  staging memory: {}", l.describe_memory());
             println!(
                 "  staging buffers allocated: {} for {} batches",
                 l.buffers_allocated(),
-                r.batches
+                f.ours.batches
             );
         }
     }
-    let l = Loader::new(
-        Arc::clone(&ds),
-        SamplerOptions::sequential(256),
-        opts(2, ZeroCopy::Prefer),
-    )
-    .expect("loader");
-    report(
-        "sequential, zero-copy views",
-        &run(&l, n),
-        memcpy,
-        PYTORCH_GBPS_2,
-    );
+    let c = Config {
+        label: "sequential, 2 workers (zero-copy views)",
+        workload: "windows",
+        shuffle: false,
+        workers: 2,
+        batches: n,
+    };
+    compare(&mut bench, &ds, &c);
+    let goals: Vec<String> = bench
+        .peers
+        .iter()
+        .zip(&peer_best)
+        .map(|((_, label), p)| goal_vs(best, label, *p))
+        .collect();
     println!(
-        "  goal (best shuffled): {:.2} GB/s >= 0.5 x memcpy ({:.2}): {}; >= 10 x PyTorch ({:.2}): {}",
+        "  goal (best shuffled, each side's best over 0-2 workers): {:.2} GB/s >= 0.5 x memcpy ({:.2}): {}",
         best,
         0.5 * memcpy,
         if best >= 0.5 * memcpy { "MET" } else { "NOT MET" },
-        10.0 * PYTORCH_GBPS_0,
-        if best >= 10.0 * PYTORCH_GBPS_0 { "MET" } else { "NOT MET" },
     );
+    for g in goals {
+        println!("    {g}");
+    }
     #[cfg(feature = "tch")]
-    tch_section(&ds, n, memcpy);
+    tch_section(&ds, n, memcpy, peer_w2);
+    #[cfg(not(feature = "tch"))]
+    let _ = peer_w2;
     h2d_section(&ds, n);
     drop(ds);
 
@@ -250,23 +632,19 @@ fn main() {
         rows_ds.len(),
         t.elapsed().as_secs_f64()
     );
-    for (what, sampler, workers) in [
-        ("shuffled, 0 workers", SamplerOptions::shuffled(256, 1), 0),
-        ("shuffled, 2 workers", SamplerOptions::shuffled(256, 1), 2),
-        ("sequential, 2 workers", SamplerOptions::sequential(256), 2),
+    for (label, shuffle, workers) in [
+        ("shuffled, 0 workers", true, 0),
+        ("shuffled, 2 workers", true, 2),
+        ("sequential, 2 workers", false, 2),
     ] {
-        let l = Loader::new(
-            Arc::clone(&rows_ds),
-            sampler,
-            opts(workers, ZeroCopy::Prefer),
-        )
-        .expect("loader");
-        let py = if workers == 0 {
-            PYTORCH_GBPS_0
-        } else {
-            PYTORCH_GBPS_2
+        let c = Config {
+            label,
+            workload: "tabular",
+            shuffle,
+            workers,
+            batches: n * 4,
         };
-        report(what, &run(&l, n * 4), memcpy, py);
+        compare(&mut bench, &rows_ds, &c);
     }
     let full = rows / 256;
     let l = Loader::new(
@@ -285,6 +663,12 @@ fn main() {
         "  one whole sequential epoch: {b} batches ({full} full) of the {rows}-row stream in {:.2} s",
         t.elapsed().as_secs_f64()
     );
+    if !bench.failures.is_empty() {
+        println!("failed PyTorch runs (no figure, no stand-in):");
+        for f in &bench.failures {
+            println!("- {f}");
+        }
+    }
 }
 
 fn no_cuda_reason() -> String {
@@ -295,7 +679,14 @@ fn no_cuda_reason() -> String {
 }
 
 #[cfg(feature = "tch")]
-fn tch_section(ds: &Arc<deeprc_bridge::WindowDataset>, n: usize, memcpy: f64) {
+/// The loader's batches made into `tch::Tensor`s, beside the best PyTorch
+/// figure of this run on the same configuration (shuffled, 2 workers).
+fn tch_section(
+    ds: &Arc<deeprc_bridge::WindowDataset>,
+    n: usize,
+    memcpy: f64,
+    pytorch_w2: Option<f64>,
+) {
     use deeprc_core::Device;
     let l = Loader::new(
         Arc::clone(ds),
@@ -304,6 +695,7 @@ fn tch_section(ds: &Arc<deeprc_bridge::WindowDataset>, n: usize, memcpy: f64) {
     )
     .expect("loader");
     let _ = l.epoch(1_000).next();
+    let load = load_average();
     let t = Instant::now();
     let (mut batches, mut samples, mut bytes) = (0, 0, 0);
     'outer: for e in 0.. {
@@ -325,12 +717,17 @@ fn tch_section(ds: &Arc<deeprc_bridge::WindowDataset>, n: usize, memcpy: f64) {
         bytes,
         secs: t.elapsed().as_secs_f64(),
     };
-    report(
-        "shuffled -> tch::Tensor, 2 workers",
+    println!("  shuffled -> tch::Tensor, 2 workers");
+    line(
+        "Data Bridge -> tch::Tensor",
         &r,
         memcpy,
-        PYTORCH_GBPS_2,
+        pytorch_w2.map(|p| r.gbps() / p),
+        load,
     );
+    if pytorch_w2.is_none() {
+        println!("    (no PyTorch figure for shuffled, 2 workers in this run: no ratio)");
+    }
 }
 
 #[cfg(feature = "tch")]

@@ -1,47 +1,45 @@
 //! deeprc-frame benchmark: distributed join, sort and group-by of two 10M-row
-//! tables, on 1 and 2 thread ranks and 2 tcp rank processes, beside DataFusion
-//! on 2 threads in the same run and the DuckDB / Polars / Dask figures
-//! measured on this machine (issue 3).
+//! tables, on 1 and 2 thread ranks and 2 tcp rank processes, beside the tools
+//! a user would pick instead, all measured in the same run on the same rows:
+//! DataFusion (Rust, in-process, 2 threads) and, through
+//! `benches/peers/frame_peers.py` in the benchmark venv, DuckDB, Polars,
+//! pandas, DataFusion's Python bindings and Dask (distributed, 2 workers).
 //!
 //! ```text
-//! cargo run --release -p deeprc-benches --bin frame_bench             # 10M rows, median of 3
-//! cargo run --release -p deeprc-benches --bin frame_bench -- --rows 1000000 --reps 1
+//! benches/peers/setup.sh        # once: the peers into .venv-bench (PyPI)
+//! cargo run --release -p deeprc-benches --bin frame_bench             # 10M rows, 3 rounds
+//! cargo run --release -p deeprc-benches --bin frame_bench -- --rows 1000000 --rounds 1 --peers duckdb,polars
 //! ```
 //!
 //! Tables L and R: `key` int64 uniform in [0, 10M) (so the join is about
 //! 1:1) and four f64 columns `v0..v3`, generated from a counter hash, so
-//! every rank generates its own rows of the same global table. Operators:
-//! inner join L, R on key; sort L by key; group-by `key % 1000` with
-//! `sum(v0)` (and with the four sums). Each configuration runs in its own
-//! process (so peak RSS is its own); times are the slowest rank's, from a
-//! barrier to a barrier, shuffles included, median of the repetitions.
+//! every rank generates its own rows of the same global table; the same rows
+//! are written once as Parquet (`target/frame-bench-data/`) for the peers,
+//! which load them before the clock starts. Operators: inner join L, R on
+//! key; sort L by key; group-by `key % 1000` with `sum(v0)` (and with the
+//! four sums); every result is materialised in memory. Every configuration
+//! and every peer runs in a fresh process, one operator per process, and
+//! the rounds are interleaved (round 1 runs everything once, then round 2,
+//! ...), so drift in the machine's load spreads over all of them; the
+//! 1-minute load average is recorded beside each figure. Deep RC's times are
+//! the slowest rank's, from a barrier to a barrier, shuffles included. The
+//! figure is the median over rounds; a peer that fails gets no figure and
+//! nothing stands in for it.
 
 use deeprc_comm::tcp::TcpComm;
 use deeprc_comm::{local, Communicator};
 use deeprc_frame::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use deeprc_frame::arrow::datatypes::{DataType, Field, Schema};
-use deeprc_frame::{Agg, DistTable, FrameContext, FrameError, JoinOptions, SortKey, Table};
+use deeprc_frame::{
+    io::write_parquet, Agg, DistTable, FrameContext, FrameError, JoinOptions, SortKey, Table,
+};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
 const KEY_RANGE: u64 = 10_000_000;
 const BATCH: usize = 1 << 16;
-
-/// DuckDB, Polars and Dask on this machine, 2 threads (from the issue).
-fn reference(case: &str) -> Vec<(&'static str, f64)> {
-    match case {
-        "join" => vec![
-            ("DataFusion-python", 1.50),
-            ("DuckDB", 1.70),
-            ("Polars", 2.97),
-            ("Dask", 10.5),
-        ],
-        "sort" => vec![("DuckDB", 1.10), ("Polars", 1.23), ("Dask", 5.56)],
-        "groupby" | "groupby4" => vec![("DuckDB", 0.07), ("Polars", 0.36)],
-        _ => vec![],
-    }
-}
 
 fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -284,6 +282,89 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
     }
 }
 
+/// The peers of `benches/peers/frame_peers.py`: its `--tool` and a label.
+const PEERS: [(&str, &str); 5] = [
+    ("duckdb", "DuckDB, 2 threads"),
+    ("polars", "Polars, 2 threads"),
+    ("datafusion", "DataFusion-python, 2 partitions"),
+    ("pandas", "pandas (1 thread by design)"),
+    ("dask", "Dask distributed, 2 worker processes"),
+];
+
+/// The 1-minute load average.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// L and R of `rows` rows as Parquet, written once (the rows the ranks
+/// generate, in one file each); their paths.
+fn parquet_data(rows: u64) -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/frame-bench-data")
+        .join(format!("rows-{rows}"));
+    let (l, r) = (dir.join("L.parquet"), dir.join("R.parquet"));
+    if !(l.exists() && r.exists()) {
+        std::fs::create_dir_all(&dir).unwrap();
+        for (seed, path) in [(1, &l), (2, &r)] {
+            let part = path.with_extension("parquet.part");
+            write_parquet(&gen(seed, 0, rows), &part).unwrap();
+            std::fs::rename(&part, path).unwrap();
+        }
+    }
+    (l, r)
+}
+
+/// The Python of the benchmark venv (`DEEPRC_PEERS_PYTHON` overrides).
+fn peers_python() -> PathBuf {
+    std::env::var_os("DEEPRC_PEERS_PYTHON").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-bench/bin/python"),
+        PathBuf::from,
+    )
+}
+
+/// One peer on one operator, in a fresh Python process; the error names
+/// why it gave no figure.
+fn spawn_peer(tool: &str, case: &str, data: &(PathBuf, PathBuf)) -> Result<Outcome, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/frame_peers.py");
+    let out = Command::new(peers_python())
+        .arg(script)
+        .args(["--tool", tool, "--case", case, "--threads", "2"])
+        .arg("--left")
+        .arg(&data.0)
+        .arg("--right")
+        .arg(&data.1)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{} did not start: {e}", peers_python().display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    match parse(&stdout) {
+        Some((times, rss, rows)) if out.status.success() => Ok(Outcome {
+            median: median(times),
+            rss_mb: rss as f64 / 1024.0,
+            rows,
+        }),
+        _ => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(format!(
+                "{tool} {case} failed ({}): {}",
+                out.status,
+                err.lines().last().unwrap_or("")
+            ))
+        }
+    }
+}
+
+/// What one row of the table runs.
+enum Runner {
+    /// Deep RC (or in-process DataFusion): backend, ranks, rows.
+    Ours(&'static str, usize, u64),
+    /// A tool of `frame_peers.py`.
+    Peer(&'static str),
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--child") {
@@ -291,54 +372,137 @@ fn main() {
         return;
     }
     let rows: u64 = arg(&args, "--rows").map_or(10_000_000, |v| v.parse().unwrap());
-    let reps: usize = arg(&args, "--reps").map_or(3, |v| v.parse().unwrap());
+    let rounds: usize = arg(&args, "--rounds")
+        .or_else(|| arg(&args, "--reps"))
+        .map_or(3, |v| v.parse().unwrap());
     let cases = arg(&args, "--cases").unwrap_or_else(|| "join,sort,groupby,groupby4".into());
+    let wanted = arg(&args, "--peers").unwrap_or_else(|| "all".into());
+    let peers: Vec<(&str, &str)> = PEERS
+        .iter()
+        .copied()
+        .filter(|(t, _)| wanted == "all" || wanted.split(',').any(|w| w == *t))
+        .collect();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("# frame_bench: L and R of {rows} rows (key int64 in [0, {KEY_RANGE}), v0..v3 f64), median of {reps}, {cores} cores");
-    println!("# times in seconds (slowest rank, shuffles included); peak RSS of the process(es) in MiB, inputs included");
+    let mut configs: Vec<(String, Runner)> = vec![
+        (
+            "DataFusion (Rust), 2 threads, in-process".into(),
+            Runner::Ours("datafusion", 2, rows),
+        ),
+        (
+            "deeprc 1 thread rank (weak: half rows)".into(),
+            Runner::Ours("threads", 1, rows / 2),
+        ),
+        (
+            "deeprc 1 thread rank".into(),
+            Runner::Ours("threads", 1, rows),
+        ),
+        (
+            "deeprc 2 thread ranks".into(),
+            Runner::Ours("threads", 2, rows),
+        ),
+        (
+            "deeprc 2 tcp rank processes".into(),
+            Runner::Ours("tcp", 2, rows),
+        ),
+    ];
+    configs.extend(peers.iter().map(|(t, l)| (l.to_string(), Runner::Peer(t))));
+    let data = if peers.is_empty() {
+        None
+    } else {
+        eprintln!("frame_bench: writing the tables as Parquet for the peers (once per size)");
+        Some(parquet_data(rows))
+    };
+    let cases: Vec<&str> = cases.split(',').collect();
+    // results[case][config]: (outcome, load) per round, or why it failed.
+    let mut results: Vec<Vec<Vec<(Outcome, f64)>>> =
+        vec![vec![Vec::new(); configs.len()]; cases.len()];
+    let mut failures: Vec<String> = Vec::new();
+    for round in 0..rounds {
+        for (ci, case) in cases.iter().enumerate() {
+            for (k, (label, runner)) in configs.iter().enumerate() {
+                let load = load_average();
+                let outcome = match runner {
+                    Runner::Ours(backend, ranks, n) => Ok(spawn(case, backend, *ranks, *n, 1)),
+                    Runner::Peer(tool) => spawn_peer(tool, case, data.as_ref().unwrap()),
+                };
+                match outcome {
+                    Ok(o) => {
+                        eprintln!(
+                            "frame_bench: round {}/{rounds} {case} {label}: {:.3} s (load {load:.2})",
+                            round + 1,
+                            o.median
+                        );
+                        results[ci][k].push((o, load));
+                    }
+                    Err(e) => {
+                        eprintln!("frame_bench: {e}");
+                        failures.push(e);
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "# frame_bench: L and R of {rows} rows (key int64 in [0, {KEY_RANGE}), v0..v3 f64), \
+         median of {rounds} interleaved rounds, {cores} cores"
+    );
+    println!(
+        "# times in seconds (Deep RC: slowest rank, shuffles included; peers: the operator \
+         with its result materialised, Parquet load not timed); peak RSS of the process(es) \
+         in MiB, inputs included; every figure from this run"
+    );
     println!();
-    println!("| operator | configuration | rows | time (s) | vs DataFusion 2 thr | vs reference | peak RSS (MiB) | output rows |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for case in cases.split(',') {
-        let df = spawn(case, "datafusion", 2, rows, reps);
-        let refs = reference(case);
-        let goal = refs.iter().find(|(n, _)| *n == "DuckDB").map(|r| r.1);
-        let configs: Vec<(&str, &str, usize, u64)> = vec![
-            ("DataFusion, 2 threads (in-process)", "datafusion", 2, rows),
-            (
-                "deeprc 1 thread rank (weak: half rows)",
-                "threads",
-                1,
-                rows / 2,
-            ),
-            ("deeprc 1 thread rank", "threads", 1, rows),
-            ("deeprc 2 thread ranks", "threads", 2, rows),
-            ("deeprc 2 tcp rank processes", "tcp", 2, rows),
-        ];
-        for (label, backend, ranks, n) in configs {
-            let o = if backend == "datafusion" {
-                df
-            } else {
-                spawn(case, backend, ranks, n, reps)
+    println!(
+        "| operator | configuration | rows | time (s) | ÷ DuckDB | ÷ DataFusion (Rust) | peak RSS (MiB) | output rows | load |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (ci, case) in cases.iter().enumerate() {
+        let summary = |k: usize| -> Option<(Outcome, f64)> {
+            let runs = &results[ci][k];
+            if runs.is_empty() {
+                return None;
+            }
+            let mut o = runs[0].0;
+            o.median = median(runs.iter().map(|r| r.0.median).collect());
+            o.rss_mb = runs.iter().map(|r| r.0.rss_mb).fold(0.0, f64::max);
+            Some((o, median(runs.iter().map(|r| r.1).collect())))
+        };
+        let duckdb = configs
+            .iter()
+            .position(|(_, r)| matches!(r, Runner::Peer("duckdb")))
+            .and_then(summary);
+        let df = summary(0);
+        for (k, (label, runner)) in configs.iter().enumerate() {
+            let n = match runner {
+                Runner::Ours(_, _, n) => *n,
+                Runner::Peer(_) => rows,
             };
-            let vs_df = if n == rows {
-                format!("{:.2}x", o.median / df.median)
-            } else {
-                "-".into()
+            let Some((o, load)) = summary(k) else {
+                println!("| {case} | {label} | {n} | failed (see above) | | | | | |");
+                continue;
             };
-            let vs_ref = match (goal, n == rows) {
-                (Some(g), true) => format!("{:.2}x DuckDB", o.median / g),
+            let ratio = |base: Option<(Outcome, f64)>| match base {
+                Some((b, _)) if n == rows => format!("{:.2}x", o.median / b.median),
                 _ => "-".into(),
             };
+            let rows_note = match df {
+                Some((d, _)) if n == rows && d.rows != o.rows => format!("{} (≠ {})", o.rows, d.rows),
+                _ => o.rows.to_string(),
+            };
             println!(
-                "| {case} | {label} | {n} | {:.3} | {vs_df} | {vs_ref} | {:.0} | {} |",
-                o.median, o.rss_mb, o.rows
+                "| {case} | {label} | {n} | {:.3} | {} | {} | {:.0} | {rows_note} | {load:.2} |",
+                o.median,
+                ratio(duckdb),
+                ratio(df),
+                o.rss_mb,
             );
         }
-        let r: Vec<String> = refs.iter().map(|(n, t)| format!("{n} {t:.2} s")).collect();
-        println!(
-            "| {case} | reference (issue, 2 threads) | {rows} | | | {} | | |",
-            r.join(", ")
-        );
+    }
+    if !failures.is_empty() {
+        println!();
+        println!("failed runs (no figure, no stand-in):");
+        for f in &failures {
+            println!("- {f}");
+        }
     }
 }
