@@ -415,6 +415,11 @@ mod tch_model {
             }
             .features(FORCINGS.len() as i64, ATTRIBUTES.len() as i64);
             let model = crate::seeded(opts.seed, || HydroLstm::new(&vs.root(), &cfg))?;
+            // Each rank's dropout masks from its own generator: thread
+            // ranks share libtorch's, which made runs irreproducible.
+            model.set_dropout_seed(
+                opts.seed ^ (comm.rank() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
             let trainer = DistributedTrainer::new(&vs, comm, OptimizerKind::adam(), opts.lr)?
                 .clip_grad_norm(1.0);
             Ok(Self {
