@@ -14,7 +14,7 @@ use crate::table::Table;
 use bytes::Bytes;
 use datafusion::arrow::array::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::SortField;
 use datafusion::arrow::util::display::array_value_to_string;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,12 +67,26 @@ pub fn ipc_received(data: &[u8]) {
     let Ok(table) = Table::try_new(Arc::clone(&schema), relabelled) else {
         return;
     };
+    // Rows that no bytes back (no columns, or only null-typed ones) may
+    // number up to the row limit; walking them cell by cell would test
+    // nothing but patience. Their count must survive the round trip.
+    if schema
+        .fields()
+        .iter()
+        .all(|f| f.data_type() == &DataType::Null)
+    {
+        let again = ipc::encode(&table).expect("a decoded table encodes");
+        let back = ipc::decode(again).expect("a re-encoded table decodes");
+        assert_eq!(back.num_rows(), table.num_rows(), "IPC round trip");
+        return;
+    }
     let fields: Vec<SortField> = schema
         .fields()
         .iter()
         .map(|f| SortField::new(f.data_type().clone()))
         .collect();
-    if let Ok(conv) = RowConverter::new(fields) {
+    let types: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
+    if let Ok(conv) = crate::local::keys::row_converter("fuzzing", &types, fields) {
         for b in table.batches() {
             let _ = conv.convert_columns(b.columns());
         }

@@ -5,6 +5,7 @@
 //! bytes are checked before they are decoded (see [`decode_batches`]).
 
 use crate::error::{Context, FrameError, Result};
+use crate::limits::max_rows;
 use crate::table::Table;
 use bytes::Bytes;
 use datafusion::arrow::array::RecordBatch;
@@ -163,6 +164,7 @@ fn check_framing(b: &[u8]) -> std::result::Result<(), String> {
     };
     let mut pos = 0usize;
     let mut messages = 0usize;
+    let mut rows = 0u64;
     loop {
         let at = pos;
         let mut len = u32_at(pos).ok_or_else(|| truncated(pos))?;
@@ -208,6 +210,23 @@ fn check_framing(b: &[u8]) -> std::result::Result<(), String> {
         let batch = msg
             .header_as_record_batch()
             .or_else(|| msg.header_as_dictionary_batch().and_then(|d| d.data()));
+        if let Some(rb) = batch {
+            // A batch's row count is not backed by bytes when it has no
+            // columns (or only null-typed ones): the fuzzer's 456-byte
+            // stream claimed 34,359,738,627 rows of no columns, and every
+            // pass over those rows then ran for hours. A partition holds at
+            // most `MAX_ROWS` rows, so a stream claiming more is refused
+            // before Arrow decodes it.
+            let claimed = rb.length();
+            rows = rows.saturating_add(u64::try_from(claimed).unwrap_or(u64::MAX));
+            if claimed < 0 || rows > max_rows() as u64 {
+                return Err(format!(
+                    "message {messages} at byte {at}: a batch of {claimed} rows brings the \
+                     stream to {rows} rows, over the limit of {} rows of a partition",
+                    max_rows()
+                ));
+            }
+        }
         if let Some(buffers) = batch.and_then(|rb| rb.buffers()) {
             for (i, buf) in buffers.iter().enumerate() {
                 let (o, l) = (buf.offset(), buf.length());
@@ -305,5 +324,83 @@ mod tests {
                 let _ = decode_no_panic(&format!("u32 {v:#x} at {i}"), b);
             }
         }
+    }
+
+    /// Found by the `frame_ipc` fuzz target (a timeout): 456 bytes claiming
+    /// a batch of 34,359,738,627 rows of no columns decoded, and every pass
+    /// over the rows then ran for hours. Now the stream is refused, before
+    /// Arrow decodes it, for claiming more rows than a partition may hold.
+    #[test]
+    fn a_stream_claiming_more_rows_than_a_partition_holds_is_refused() {
+        let hex: String = [
+            "ffffffff780000001000000000000a000c000a00090004000a00000010000000000104000800080000000400",
+            "080000000400000000000000002f00001000140010000e000f00040000000800102000001c0000000c000000",
+            "00000108180000000000000000000600080006000600000000000000010000006400000000000000ffffffff",
+            "b8000000100000000c001a0018001700040008000c0000002000000080000000000000000000000000000003",
+            "04000a0018000c00080004000a0000002c000000100000000301000008000000000000000100000003000000",
+            "0000000000000000000000000000000002000000000000000000000001000000000000004000000000000000",
+            "0c00000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+            "000000000000000000000000ff00000000000000000000000000000000000000000000000000000000000000",
+            "00000000000000000000000000000000000000000000000000000000000000000000ab00f82a0000ffffffff",
+            "0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000",
+            "0008000000000000ffffffff00000000",
+        ]
+        .concat();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(bytes.len(), 456);
+        match decode_batches_from(Bytes::from(bytes), "exchange", 3) {
+            Err(FrameError::MalformedPeerData {
+                rank: 3, reason, ..
+            }) => {
+                assert!(reason.contains("34359738627 rows"), "{reason}");
+                assert!(reason.contains("over the limit"), "{reason}");
+            }
+            other => panic!("{:?}", other.map(|(_, b)| b.len())),
+        }
+        // Under the limit, rows of no columns still decode (their count is
+        // all they carry).
+        let schema = Arc::new(Schema::empty());
+        let b = RecordBatch::try_new_with_options(
+            Arc::clone(&schema),
+            vec![],
+            &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(5)),
+        )
+        .unwrap();
+        let (_, got) = decode_batches(encode_batches(&schema, &[b]).unwrap()).unwrap();
+        assert_eq!(got[0].num_rows(), 5);
+    }
+
+    /// Found by the `frame_ipc` fuzz target (an abort): a table with a
+    /// struct column of no fields decoded, and Arrow's row encoder (the
+    /// keys of sorts, joins, group-bys, set operations) panicked on it. Now
+    /// such a key is an `Unsupported` error, and the received table is
+    /// harmless.
+    #[test]
+    fn a_struct_of_no_fields_is_an_unsupported_key_not_a_panic() {
+        use datafusion::arrow::array::StructArray;
+        use datafusion::arrow::datatypes::{DataType, Fields};
+        let st = StructArray::new_empty_fields(3, None);
+        let t = Table::from_columns(vec![
+            ("i", Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef),
+            ("st", Arc::new(st) as ArrayRef),
+        ])
+        .unwrap();
+        let empty = DataType::Struct(Fields::empty());
+        for types in [vec![empty.clone()], vec![DataType::Int64, empty.clone()]] {
+            match crate::local::keys::KeyEncoder::new(&types) {
+                Err(FrameError::Unsupported { what, .. }) => {
+                    assert!(what.contains("struct with no fields"), "{what}")
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("{types:?} encoded"),
+            }
+        }
+        let sorted = crate::local::sort::sort(&t, &[crate::SortKey::asc("st")]);
+        assert!(sorted.is_err() || sorted.unwrap().num_rows() == 3);
+        // What the fuzz target does with a received table: no panic.
+        crate::fuzzing::ipc_received(&encode(&t).unwrap());
     }
 }

@@ -18,6 +18,7 @@
 use crate::dist::shuffle::{agree_buckets, bucket_exchange};
 use crate::dist::DistOptions;
 use crate::error::{Context, FrameError, Result};
+use crate::local::keys::row_converter;
 use crate::local::sort::{
     check_keys, codes_supported, order_codes, sort as local_sort, OrderCodes, SortKey,
 };
@@ -25,7 +26,8 @@ use crate::table::{column_index, Table};
 use crate::wire::{put_bytes, WireReader};
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, RecordBatch};
-use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::row::{Rows, SortField};
 use deeprc_comm::{Communicator, CommunicatorExt};
 use std::sync::Arc;
 
@@ -86,7 +88,11 @@ pub fn sort_with(
                 )
             })
             .collect();
-        let conv = RowConverter::new(fields).ctx("making a row converter for sort keys")?;
+        let types: Vec<&DataType> = idx
+            .iter()
+            .map(|&i| table.schema().field(i).data_type())
+            .collect();
+        let conv = row_converter("sort", &types, fields)?;
         let rows = batches
             .iter()
             .map(|b| conv.convert_columns(&key_cols(b)).ctx("encoding sort keys"))

@@ -91,6 +91,43 @@ impl KeyRows {
     }
 }
 
+/// A row converter (Arrow's row format, for keys of sorts, joins, group-bys
+/// and set operations) of `fields`, whose types are `types`, after refusing
+/// what the row format cannot encode: a struct with no fields, anywhere in
+/// a type. arrow-row 55 panics on it while encoding (found by the
+/// `frame_ipc` fuzz target, on a table a peer sent); here it is an
+/// [`FrameError::Unsupported`] naming the type.
+pub(crate) fn row_converter(
+    op: &'static str,
+    types: &[&DataType],
+    fields: Vec<SortField>,
+) -> Result<RowConverter> {
+    fn has_empty_struct(dt: &DataType) -> bool {
+        match dt {
+            DataType::Struct(fs) => {
+                fs.is_empty() || fs.iter().any(|f| has_empty_struct(f.data_type()))
+            }
+            DataType::List(f)
+            | DataType::LargeList(f)
+            | DataType::FixedSizeList(f, _)
+            | DataType::ListView(f)
+            | DataType::LargeListView(f)
+            | DataType::Map(f, _) => has_empty_struct(f.data_type()),
+            DataType::Dictionary(_, v) => has_empty_struct(v),
+            DataType::RunEndEncoded(_, v) => has_empty_struct(v.data_type()),
+            DataType::Union(fs, _) => fs.iter().any(|(_, f)| has_empty_struct(f.data_type())),
+            _ => false,
+        }
+    }
+    if let Some(dt) = types.iter().find(|t| has_empty_struct(t)) {
+        return Err(FrameError::Unsupported {
+            op,
+            what: format!("a key of type {dt} (a struct with no fields cannot be row-encoded)"),
+        });
+    }
+    RowConverter::new(fields).ctx("making a row converter")
+}
+
 /// Encodes key columns; both sides of a join or set operation must use the
 /// same encoder so that their encodings compare.
 pub(crate) struct KeyEncoder {
@@ -107,9 +144,10 @@ impl KeyEncoder {
             });
         }
         let fields = types.iter().map(|t| SortField::new(t.clone())).collect();
+        let refs: Vec<&DataType> = types.iter().collect();
         Ok(Self {
             int: false,
-            converter: Some(RowConverter::new(fields).ctx("making a row converter for keys")?),
+            converter: Some(row_converter("key encoding", &refs, fields)?),
         })
     }
 

@@ -3,13 +3,13 @@
 
 use crate::error::{Context, Result};
 use crate::limits::{check_more_rows, check_rows};
-use crate::local::keys::{KeyEncoder, KeySet};
+use crate::local::keys::{row_converter, KeyEncoder, KeySet};
 use crate::local::unique::{unique, UniqueOptions};
 use crate::table::{check_same_columns, first_difference, Table};
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::SortField;
 use std::sync::Arc;
 
 /// Distinct rows that are in `a` or in `b`.
@@ -94,7 +94,8 @@ fn sorted_rows(t: &Table) -> Result<Vec<Vec<u8>>> {
         .iter()
         .map(|c| SortField::new(c.data_type().clone()))
         .collect();
-    let conv = RowConverter::new(fields).ctx("making a row converter")?;
+    let types: Vec<&DataType> = batch.columns().iter().map(|c| c.data_type()).collect();
+    let conv = row_converter("set operation", &types, fields)?;
     let cols: Vec<ArrayRef> = batch.columns().to_vec();
     let rows = conv.convert_columns(&cols).ctx("encoding rows")?;
     let mut v: Vec<Vec<u8>> = (0..rows.num_rows())
