@@ -20,3 +20,10 @@ else
 fi
 echo "== doc tests"
 cargo test --workspace --all-features --doc
+# Every fuzz target for a bounded time (10 targets x 30 s = 5 min; one
+# build of fuzz/ shared by all; DEEPRC_FUZZ_SECONDS=0 skips, e.g. locally).
+fuzz_secs="${DEEPRC_FUZZ_SECONDS:-30}"
+if [ "$fuzz_secs" != 0 ]; then
+    echo "== fuzz (every target, ${fuzz_secs}s each)"
+    scripts/fuzz.sh "$fuzz_secs"
+fi

@@ -1,0 +1,9 @@
+#![no_main]
+//! See the entry point for what is decoded and checked.
+
+libfuzzer_sys::fuzz_target!(
+    init: deeprc_fuzz::seed_corpus(deeprc_frame::fuzzing::seeds("csv")),
+    |data: &[u8]| {
+        deeprc_frame::fuzzing::csv(data);
+    }
+);
