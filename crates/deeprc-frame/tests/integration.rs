@@ -15,5 +15,7 @@ mod faults;
 mod io_and_errors;
 #[path = "integration/local_ops.rs"]
 mod local_ops;
+#[path = "integration/properties.rs"]
+mod properties;
 #[path = "integration/sql.rs"]
 mod sql;
