@@ -11,7 +11,8 @@ Loading the Parquet files into the tool's memory is not timed; the timed
 part is the operator with its result materialised in memory (an Arrow
 table, a DuckDB table, a pandas or Polars frame, a persisted Dask frame), as Deep RC's
 `DistTable` result is. Prints one line, the same format the Rust children
-print: `RESULT <seconds> <peak RSS KiB> <output rows>`.
+print: `RESULT <seconds,seconds,...> <peak RSS KiB> <output rows>` (one time
+per `--reps`; frame_bench treats the first as a warm-up).
 
 Tools: duckdb, polars, pandas (single-threaded by design), datafusion
 (DataFusion's Python bindings), dask (dask.distributed LocalCluster, one
@@ -36,7 +37,7 @@ def peak_rss_kib():
     return own + kids
 
 
-def run_duckdb(case, left, right, threads):
+def setup_duckdb(case, left, right, threads):
     import duckdb
 
     con = duckdb.connect()
@@ -50,48 +51,61 @@ def run_duckdb(case, left, right, threads):
     if q is None:
         sums = ", ".join(f"sum({c})" for c in SUMS[case])
         q = f"SELECT key % 1000 AS g, {sums} FROM l GROUP BY g"
+
     # Materialised in DuckDB's own memory (its fastest way to hold a result;
     # converting it to Arrow would add a copy Deep RC does not make).
-    t = time.perf_counter()
-    con.execute(f"CREATE TEMP TABLE out AS {q}")
-    elapsed = time.perf_counter() - t
-    return elapsed, con.execute("SELECT count(*) FROM out").fetchone()[0]
+    def op():
+        con.execute("DROP TABLE IF EXISTS out")
+        t = time.perf_counter()
+        con.execute(f"CREATE TEMP TABLE out AS {q}")
+        elapsed = time.perf_counter() - t
+        return elapsed, con.execute("SELECT count(*) FROM out").fetchone()[0]
+
+    return op, con.close
 
 
-def run_polars(case, left, right, threads):
+def setup_polars(case, left, right, threads):
     os.environ["POLARS_MAX_THREADS"] = str(threads)
     import polars as pl
 
     l = pl.read_parquet(left)
     r = pl.read_parquet(right) if case == "join" else None
-    t = time.perf_counter()
-    if case == "join":
-        out = l.join(r, on="key", how="inner")
-    elif case == "sort":
-        out = l.sort("key")
-    else:
-        out = l.group_by((pl.col("key") % 1000).alias("g")).agg(
-            [pl.col(c).sum() for c in SUMS[case]]
-        )
-    return time.perf_counter() - t, out.height
+
+    def op():
+        t = time.perf_counter()
+        if case == "join":
+            out = l.join(r, on="key", how="inner")
+        elif case == "sort":
+            out = l.sort("key")
+        else:
+            out = l.group_by((pl.col("key") % 1000).alias("g")).agg(
+                [pl.col(c).sum() for c in SUMS[case]]
+            )
+        return time.perf_counter() - t, out.height
+
+    return op, None
 
 
-def run_pandas(case, left, right, threads):
+def setup_pandas(case, left, right, threads):
     import pandas as pd
 
     l = pd.read_parquet(left)
     r = pd.read_parquet(right) if case == "join" else None
-    t = time.perf_counter()
-    if case == "join":
-        out = l.merge(r, on="key", how="inner")
-    elif case == "sort":
-        out = l.sort_values("key", kind="stable")
-    else:
-        out = l.groupby(l["key"] % 1000)[SUMS[case]].sum()
-    return time.perf_counter() - t, len(out)
+
+    def op():
+        t = time.perf_counter()
+        if case == "join":
+            out = l.merge(r, on="key", how="inner")
+        elif case == "sort":
+            out = l.sort_values("key", kind="stable")
+        else:
+            out = l.groupby(l["key"] % 1000)[SUMS[case]].sum()
+        return time.perf_counter() - t, len(out)
+
+    return op, None
 
 
-def run_datafusion(case, left, right, threads):
+def setup_datafusion(case, left, right, threads):
     import datafusion
     import pyarrow.parquet as pq
 
@@ -111,12 +125,19 @@ def run_datafusion(case, left, right, threads):
     if q is None:
         sums = ", ".join(f"sum({c})" for c in SUMS[case])
         q = f"SELECT key % 1000 AS g, {sums} FROM l GROUP BY g"
-    t = time.perf_counter()
-    batches = ctx.sql(q).collect()
-    return time.perf_counter() - t, sum(b.num_rows for b in batches)
+
+    def op():
+        t = time.perf_counter()
+        batches = ctx.sql(q).collect()
+        return time.perf_counter() - t, sum(b.num_rows for b in batches)
+
+    return op, None
 
 
-def run_dask(case, left, right, threads):
+DASK_RSS = [0]
+
+
+def setup_dask(case, left, right, threads):
     import dask
     import dask.dataframe as dd
     from dask.distributed import Client, LocalCluster, wait
@@ -125,14 +146,15 @@ def run_dask(case, left, right, threads):
     cluster = LocalCluster(n_workers=threads, threads_per_worker=1, processes=True,
                            dashboard_address=None, silence_logs=40)
     client = Client(cluster)
-    try:
-        l = dd.read_parquet(left, split_row_groups=True).repartition(npartitions=2 * threads).persist()
-        r = None
-        if case == "join":
-            r = dd.read_parquet(right, split_row_groups=True).repartition(
-                npartitions=2 * threads).persist()
-            wait(r)
-        wait(l)
+    l = dd.read_parquet(left, split_row_groups=True).repartition(npartitions=2 * threads).persist()
+    r = None
+    if case == "join":
+        r = dd.read_parquet(right, split_row_groups=True).repartition(
+            npartitions=2 * threads).persist()
+        wait(r)
+    wait(l)
+
+    def op():
         t = time.perf_counter()
         if case == "join":
             out = l.merge(r, on="key", how="inner", shuffle_method="tasks")
@@ -144,21 +166,26 @@ def run_dask(case, left, right, threads):
         wait(out)
         elapsed = time.perf_counter() - t
         rows = int(out.shape[0].compute())
-        # Workers' memory: the scheduler's view of each worker's peak is not
-        # kept, so report their RSS now (after the operator).
-        rss = sum(w["metrics"]["memory"] for w in client.scheduler_info()["workers"].values())
-        return elapsed, rows, rss // 1024
-    finally:
+        # The workers' memory now (after the operator): the scheduler does
+        # not keep a worker's peak.
+        DASK_RSS[0] = sum(w["metrics"]["memory"]
+                          for w in client.scheduler_info()["workers"].values()) // 1024
+        del out
+        return elapsed, rows
+
+    def close():
         client.close()
         cluster.close()
 
+    return op, close
+
 
 TOOLS = {
-    "duckdb": run_duckdb,
-    "polars": run_polars,
-    "pandas": run_pandas,
-    "datafusion": run_datafusion,
-    "dask": run_dask,
+    "duckdb": setup_duckdb,
+    "polars": setup_polars,
+    "pandas": setup_pandas,
+    "datafusion": setup_datafusion,
+    "dask": setup_dask,
 }
 
 
@@ -169,11 +196,21 @@ def main():
     p.add_argument("--left", required=True)
     p.add_argument("--right", required=True)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=1,
+                   help="runs of the operator; all are printed, the caller "
+                        "treats the first as a warm-up when there are more")
     a = p.parse_args()
-    res = TOOLS[a.tool](a.case, a.left, a.right, a.threads)
-    seconds, rows = res[0], res[1]
-    rss = peak_rss_kib() + (res[2] if len(res) > 2 else 0)
-    print(f"RESULT {seconds:.4f} {rss} {rows}", flush=True)
+    op, close = TOOLS[a.tool](a.case, a.left, a.right, a.threads)
+    times, rows = [], 0
+    try:
+        for _ in range(a.reps):
+            seconds, rows = op()
+            times.append(seconds)
+    finally:
+        if close is not None:
+            close()
+    rss = peak_rss_kib() + DASK_RSS[0]
+    print(f"RESULT {','.join(f'{t:.4f}' for t in times)} {rss} {rows}", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@
 //! which load them before the clock starts. Operators: inner join L, R on
 //! key; sort L by key; group-by `key % 1000` with `sum(v0)` (and with the
 //! four sums); every result is materialised in memory. Every configuration
-//! and every peer runs in a fresh process, one operator per process, and
+//! and every peer runs in a fresh process, one operator per process (run
+//! twice: the first run warms up page faults, thread pools and allocators,
+//! the second is timed, on both sides alike), and
 //! the rounds are interleaved (round 1 runs everything once, then round 2,
 //! ...), so drift in the machine's load spreads over all of them; the
 //! 1-minute load average is recorded beside each figure. Deep RC's times are
@@ -92,6 +94,17 @@ fn peak_rss_kb() -> u64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// The figure of one process's repetitions: the first is a warm-up (page
+/// faults, thread pools, allocator) when there are more; the median of the
+/// rest.
+fn warm(times: Vec<f64>) -> f64 {
+    if times.len() > 1 {
+        median(times[1..].to_vec())
+    } else {
+        median(times)
+    }
 }
 
 /// Runs `case` on this rank `reps` times; returns (times, output rows).
@@ -244,7 +257,7 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
         let (times, rss, rows) =
             parse(&String::from_utf8_lossy(&out.stdout)).expect("child result");
         return Outcome {
-            median: median(times),
+            median: warm(times),
             rss_mb: rss as f64 / 1024.0,
             rows,
         };
@@ -276,7 +289,7 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
         .map(|i| results.iter().map(|r| r.0[i]).fold(0.0, f64::max))
         .collect();
     Outcome {
-        median: median(times),
+        median: warm(times),
         rss_mb: results.iter().map(|r| r.1).sum::<u64>() as f64 / 1024.0,
         rows: results.iter().map(|r| r.2).next().unwrap_or(0),
     }
@@ -327,11 +340,17 @@ fn peers_python() -> PathBuf {
 
 /// One peer on one operator, in a fresh Python process; the error names
 /// why it gave no figure.
-fn spawn_peer(tool: &str, case: &str, data: &(PathBuf, PathBuf)) -> Result<Outcome, String> {
+fn spawn_peer(
+    tool: &str,
+    case: &str,
+    data: &(PathBuf, PathBuf),
+    reps: usize,
+) -> Result<Outcome, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/frame_peers.py");
     let out = Command::new(peers_python())
         .arg(script)
         .args(["--tool", tool, "--case", case, "--threads", "2"])
+        .args(["--reps", &reps.to_string()])
         .arg("--left")
         .arg(&data.0)
         .arg("--right")
@@ -342,7 +361,7 @@ fn spawn_peer(tool: &str, case: &str, data: &(PathBuf, PathBuf)) -> Result<Outco
     let stdout = String::from_utf8_lossy(&out.stdout);
     match parse(&stdout) {
         Some((times, rss, rows)) if out.status.success() => Ok(Outcome {
-            median: median(times),
+            median: warm(times),
             rss_mb: rss as f64 / 1024.0,
             rows,
         }),
@@ -422,8 +441,8 @@ fn main() {
             for (k, (label, runner)) in configs.iter().enumerate() {
                 let load = load_average();
                 let outcome = match runner {
-                    Runner::Ours(backend, ranks, n) => Ok(spawn(case, backend, *ranks, *n, 1)),
-                    Runner::Peer(tool) => spawn_peer(tool, case, data.as_ref().unwrap()),
+                    Runner::Ours(backend, ranks, n) => Ok(spawn(case, backend, *ranks, *n, 2)),
+                    Runner::Peer(tool) => spawn_peer(tool, case, data.as_ref().unwrap(), 2),
                 };
                 match outcome {
                     Ok(o) => {
@@ -486,7 +505,9 @@ fn main() {
                 _ => "-".into(),
             };
             let rows_note = match df {
-                Some((d, _)) if n == rows && d.rows != o.rows => format!("{} (≠ {})", o.rows, d.rows),
+                Some((d, _)) if n == rows && d.rows != o.rows => {
+                    format!("{} (≠ {})", o.rows, d.rows)
+                }
                 _ => o.rows.to_string(),
             };
             println!(
