@@ -43,9 +43,9 @@
 //! Not a [`Forecaster`](crate::Forecaster): it takes two inputs.
 
 use crate::{ModelError, ModelSize, Result};
-use tch::{nn, Kind, Reduction, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use std::sync::{Mutex, PoisonError};
+use tch::{nn, Kind, Reduction, Tensor};
 
 /// The model's name in errors.
 const MODEL: &str = "HydroLSTM";
@@ -706,7 +706,10 @@ mod tests {
         };
         let a = run(11, false);
         assert!(a.equal(&run(11, true)), "the same seed gave other masks");
-        assert!(!a.equal(&run(12, false)), "another seed gave the same masks");
+        assert!(
+            !a.equal(&run(12, false)),
+            "another seed gave the same masks"
+        );
         // Training mode differs from evaluation (masks are drawn) and about
         // half the hidden units are kept: the mask's mean is about 1.
         let eval = m.forward_t(&xd, &xs, false).unwrap();

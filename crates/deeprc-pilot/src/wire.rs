@@ -542,7 +542,10 @@ mod tests {
         let mut e = Enc::new(DONE);
         e.buf.extend_from_slice(&body);
         let mut r = std::io::Cursor::new(e.finish().to_vec());
-        assert_eq!(read_frame(&mut r, &mut buf, u64::from(u32::MAX)).unwrap(), Some(DONE));
+        assert_eq!(
+            read_frame(&mut r, &mut buf, u64::from(u32::MAX)).unwrap(),
+            Some(DONE)
+        );
         assert_eq!(buf, body);
     }
 }

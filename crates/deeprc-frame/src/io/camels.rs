@@ -418,7 +418,13 @@ mod tests {
     /// date: a typed error naming file, line and column.
     #[test]
     fn absurd_years_are_errors_not_overflows() {
-        for y in [i64::MIN, -888_888_888_888_888_899, -1_000_001, 1_000_001, i64::MAX] {
+        for y in [
+            i64::MIN,
+            -888_888_888_888_888_899,
+            -1_000_001,
+            1_000_001,
+            i64::MAX,
+        ] {
             assert_eq!(days_from_civil(y, 9, 1), None, "{y}");
         }
         let dir = std::env::temp_dir().join(format!("deeprc-camels-year-{}", std::process::id()));
@@ -426,7 +432,12 @@ mod tests {
         let path = dir.join("02_streamflow_qc.txt");
         std::fs::write(&path, b"02 -888888888888888899 9 01 0 0").unwrap();
         match super::read_streamflow(&path) {
-            Err(crate::FrameError::Malformed { line, column, reason, .. }) => {
+            Err(crate::FrameError::Malformed {
+                line,
+                column,
+                reason,
+                ..
+            }) => {
                 assert_eq!((line, column.as_str()), (Some(1), "year"), "{reason}");
                 assert!(reason.contains("not a date"), "{reason}");
             }

@@ -372,13 +372,7 @@ fn locate(path: &Path, offset: u64, delimiter: u8) -> Result<(usize, usize)> {
 /// The byte range of part `part` of `parts` of the bytes `from..len` of a
 /// file (`from` a line start), moved to line starts: the part holds the
 /// lines whose first byte lies in its raw range.
-fn line_range(
-    f: &mut File,
-    from: u64,
-    len: u64,
-    part: usize,
-    parts: usize,
-) -> Result<(u64, u64)> {
+fn line_range(f: &mut File, from: u64, len: u64, part: usize, parts: usize) -> Result<(u64, u64)> {
     let raw = |p: usize| from + (len - from) * p as u64 / parts as u64;
     let mut next_line = |pos: u64| -> Result<u64> {
         if pos == from {
@@ -417,8 +411,7 @@ fn header_end(f: &mut File, len: u64) -> Result<u64> {
     let mut at = 0u64;
     loop {
         line.clear();
-        let n = std::io::BufRead::read_until(&mut r, b'\n', &mut line)
-            .ctx("reading a CSV file")?;
+        let n = std::io::BufRead::read_until(&mut r, b'\n', &mut line).ctx("reading a CSV file")?;
         if n == 0 {
             return Ok(len);
         }
