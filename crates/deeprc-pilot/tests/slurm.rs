@@ -50,7 +50,19 @@ fn cluster() -> bool {
 
 /// A fresh folder on the file system every node shares.
 fn scratch(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+    // The namespace cluster shares every file system but /tmp: each node
+    // mounts its own there. A checkout under /tmp has its test binaries
+    // and sandboxes where no node can see them, and the tests failed with
+    // `couldn't chdir ... No such file or directory` from slurmstepd.
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    assert!(
+        !target.starts_with("/tmp"),
+        "the target directory {} is under /tmp, which each node of the namespace Slurm \
+         cluster mounts privately (scripts/netns-slurm.sh): check the repository out (or set \
+         CARGO_TARGET_DIR) outside /tmp to run the Slurm tests",
+        target.display()
+    );
+    let d = target
         .join("slurm")
         .join(format!("{name}.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
