@@ -270,7 +270,7 @@ impl HydroLstm {
     /// # use tch::{nn, Device, Kind, Tensor};
     /// let vs = nn::VarStore::new(Device::Cpu);
     /// let model = HydroLstm::new(&vs.root(), &HydroLstmConfig::small().features(2, 1).dropout(0.5))?;
-    /// let (xd, xs) = (Tensor::ones([3, 4, 2], (Kind::Float, Device::Cpu)), Tensor::ones([3, 1], (Kind::Float, Device::Cpu)));
+    /// let (xd, xs) = (Tensor::ones([3, 30, 2], (Kind::Float, Device::Cpu)), Tensor::ones([3, 1], (Kind::Float, Device::Cpu)));
     /// model.set_dropout_seed(7);
     /// let a = model.forward_t(&xd, &xs, true)?;
     /// model.set_dropout_seed(7);
