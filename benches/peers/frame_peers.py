@@ -37,6 +37,16 @@ def peak_rss_kib():
     return own + kids
 
 
+def sql(case):
+    """The operator as SQL over tables `l` and `r` (DuckDB, DataFusion)."""
+    if case == "join":
+        return "SELECT * FROM l JOIN r ON l.key = r.key"
+    if case == "sort":
+        return "SELECT * FROM l ORDER BY key"
+    sums = ", ".join(f"sum({c})" for c in SUMS[case])
+    return f"SELECT key % 1000 AS g, {sums} FROM l GROUP BY g"
+
+
 def setup_duckdb(case, left, right, threads):
     import duckdb
 
@@ -44,13 +54,7 @@ def setup_duckdb(case, left, right, threads):
     con.execute(f"SET threads={threads}")
     con.execute(f"CREATE TABLE l AS SELECT * FROM read_parquet('{left}')")
     con.execute(f"CREATE TABLE r AS SELECT * FROM read_parquet('{right}')")
-    q = {
-        "join": "SELECT * FROM l JOIN r ON l.key = r.key",
-        "sort": "SELECT * FROM l ORDER BY key",
-    }.get(case)
-    if q is None:
-        sums = ", ".join(f"sum({c})" for c in SUMS[case])
-        q = f"SELECT key % 1000 AS g, {sums} FROM l GROUP BY g"
+    q = sql(case)
 
     # Materialised in DuckDB's own memory (its fastest way to hold a result;
     # converting it to Arrow would add a copy Deep RC does not make).
@@ -118,13 +122,7 @@ def setup_datafusion(case, left, right, threads):
         parts = [tab.slice(n * p // threads, n * (p + 1) // threads - n * p // threads)
                  for p in range(threads)]
         ctx.register_record_batches(name, [p.to_batches() for p in parts])
-    q = {
-        "join": "SELECT * FROM l JOIN r ON l.key = r.key",
-        "sort": "SELECT * FROM l ORDER BY key",
-    }.get(case)
-    if q is None:
-        sums = ", ".join(f"sum({c})" for c in SUMS[case])
-        q = f"SELECT key % 1000 AS g, {sums} FROM l GROUP BY g"
+    q = sql(case)
 
     def op():
         t = time.perf_counter()

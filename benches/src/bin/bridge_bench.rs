@@ -46,6 +46,7 @@
 //! recorded; its median is printed beside the figure. A peer that fails
 //! prints why and gets no figure; nothing stands in for it.
 
+use deeprc_benches::{load_average, peers_python};
 use deeprc_bridge::arrow::array::{Array, ArrayRef, Float32Array, Int64Array, RecordBatch};
 use deeprc_bridge::arrow::datatypes::{DataType, Field, Schema};
 use deeprc_bridge::{
@@ -94,14 +95,6 @@ fn memcpy_gbps(bytes: usize) -> f64 {
             bytes as f64 / t.elapsed().as_secs_f64() / 1e9
         })
         .fold(0.0, f64::max)
-}
-
-/// The 1-minute load average.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
 }
 
 /// `rows` rows of 8 `f32` features (smooth signals + noise) and a series id,
@@ -246,14 +239,6 @@ fn run<D: Dataset>(loader: &Loader<D>, n: usize) -> Run {
         bytes,
         secs: t.elapsed().as_secs_f64(),
     }
-}
-
-/// The Python of the benchmark venv (`DEEPRC_PEERS_PYTHON` overrides).
-fn peers_python() -> PathBuf {
-    std::env::var_os("DEEPRC_PEERS_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-bench/bin/python"),
-        PathBuf::from,
-    )
 }
 
 /// The PyTorch variants of `loader_peers.py`: its `--variant` and a label.

@@ -27,6 +27,7 @@
 //! run (the machine may be shared); the ratios use the start figure.
 
 use bytes::Bytes;
+use deeprc_benches::median;
 use deeprc_comm::{
     local,
     tcp::{StoreSpec, TcpComm, TcpOptions},
@@ -38,11 +39,6 @@ use std::{
 };
 
 const MIB: usize = 1 << 20;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// memcpy bandwidth in GB/s over `bytes` bytes.
 fn memcpy_gbps(bytes: usize) -> f64 {

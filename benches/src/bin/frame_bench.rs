@@ -28,6 +28,7 @@
 //! figure is the median over rounds; a peer that fails gets no figure and
 //! nothing stands in for it.
 
+use deeprc_benches::{load_average, median, peers_python};
 use deeprc_comm::tcp::TcpComm;
 use deeprc_comm::{local, Communicator};
 use deeprc_frame::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
@@ -89,11 +90,6 @@ fn peak_rss_kb() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The figure of one process's repetitions: the first is a warm-up (page
@@ -304,14 +300,6 @@ const PEERS: [(&str, &str); 5] = [
     ("dask", "Dask distributed, 2 worker processes"),
 ];
 
-/// The 1-minute load average.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
 /// L and R of `rows` rows as Parquet, written once (the rows the ranks
 /// generate, in one file each); their paths.
 fn parquet_data(rows: u64) -> (PathBuf, PathBuf) {
@@ -328,14 +316,6 @@ fn parquet_data(rows: u64) -> (PathBuf, PathBuf) {
         }
     }
     (l, r)
-}
-
-/// The Python of the benchmark venv (`DEEPRC_PEERS_PYTHON` overrides).
-fn peers_python() -> PathBuf {
-    std::env::var_os("DEEPRC_PEERS_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-bench/bin/python"),
-        PathBuf::from,
-    )
 }
 
 /// One peer on one operator, in a fresh Python process; the error names

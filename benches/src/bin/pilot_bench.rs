@@ -54,6 +54,7 @@
 //! The program is its own worker host: it calls
 //! `deeprc_pilot::worker::run_if_worker` first.
 
+use deeprc_benches::{load_average, median, peers_python};
 use deeprc_comm::{CommunicatorExt, ReduceOp};
 use deeprc_pilot::{
     FunctionLaunch, PilotDescription, Registry, Session, Stats, Task, TaskContext, TaskDescription,
@@ -62,7 +63,7 @@ use deeprc_pilot::{
 use std::{
     io::Read,
     os::unix::process::CommandExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -242,27 +243,6 @@ fn check(ok: bool) -> &'static str {
     } else {
         "MISS"
     }
-}
-
-/// The 1-minute load average.
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
-        .unwrap_or(f64::NAN)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// The Python of the benchmark venv (`DEEPRC_PEERS_PYTHON` overrides).
-fn peers_python() -> PathBuf {
-    std::env::var_os("DEEPRC_PEERS_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-bench/bin/python"),
-        PathBuf::from,
-    )
 }
 
 /// One peer run, as `pilot_peers.py` prints it: `RESULT <tasks done>

@@ -67,31 +67,8 @@ pub fn worker_frames(data: &[u8]) {
 /// `Run` of a multi-rank task with GPUs and a tcp communicator, a `Done`
 /// of each status, an `Exit`.
 pub fn seeds() -> Vec<Vec<u8>> {
-    use crate::wire::{CommSpec, Status, DONE, EXIT, RUN};
-    use crate::GpuShare;
-    let run = RunMsg {
-        task: 7,
-        attempt: 1,
-        rank: 2,
-        size: 4,
-        node: 0,
-        func: "allreduce",
-        args: b"[1,2]",
-        cpus: vec![0, 3],
-        gpus: vec![GpuShare {
-            gpu: 0,
-            device: 1,
-            fraction: 0.25,
-        }],
-        sandbox: "/tmp/x",
-        comm: CommSpec::Tcp {
-            store: "/tmp/s".into(),
-            token: "t".into(),
-            timeout_ms: 1,
-            connect_timeout_ms: 2,
-            max_frame_bytes: 3,
-        },
-    };
+    use crate::wire::{Status, DONE, EXIT, RUN};
+    let run = wire::sample_run();
     let mut frames = Vec::new();
     let mut e = Enc::new(RUN);
     run.encode(&mut e);

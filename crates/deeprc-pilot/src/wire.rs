@@ -439,35 +439,41 @@ pub(crate) fn write_frame(w: &mut impl Write, e: &mut Enc) -> io::Result<()> {
     w.write_all(e.finish())
 }
 
+/// A `Run` of a multi-rank task with a GPU share and a tcp communicator:
+/// the tests' message and a fuzzing seed.
+pub(crate) fn sample_run() -> RunMsg<'static> {
+    RunMsg {
+        task: 7,
+        attempt: 1,
+        rank: 2,
+        size: 4,
+        node: 0,
+        func: "allreduce",
+        args: b"[1,2]",
+        cpus: vec![0, 3],
+        gpus: vec![crate::GpuShare {
+            gpu: 0,
+            device: 1,
+            fraction: 0.25,
+        }],
+        sandbox: "/tmp/x",
+        comm: CommSpec::Tcp {
+            store: "/tmp/s".into(),
+            token: "t".into(),
+            timeout_ms: 1,
+            connect_timeout_ms: 2,
+            max_frame_bytes: 3,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn run_and_done_round_trip() {
-        let run = RunMsg {
-            task: 7,
-            attempt: 1,
-            rank: 2,
-            size: 4,
-            node: 0,
-            func: "allreduce",
-            args: b"[1,2]",
-            cpus: vec![0, 3],
-            gpus: vec![GpuShare {
-                gpu: 0,
-                device: 1,
-                fraction: 0.25,
-            }],
-            sandbox: "/tmp/x",
-            comm: CommSpec::Tcp {
-                store: "/tmp/s".into(),
-                token: "t".into(),
-                timeout_ms: 1,
-                connect_timeout_ms: 2,
-                max_frame_bytes: 3,
-            },
-        };
+        let run = sample_run();
         let mut e = Enc::new(RUN);
         run.encode(&mut e);
         let mut r = std::io::Cursor::new(e.finish().to_vec());

@@ -6,8 +6,8 @@
 mod common;
 
 use deeprc_pilot::{
-    FailReason, FunctionLaunch, Journal, PilotDescription, Session, Task, TaskDescription,
-    TaskManager, TaskState,
+    FailReason, FunctionLaunch, Journal, PilotDescription, Task, TaskDescription, TaskManager,
+    TaskState,
 };
 use nix::{sys::signal::Signal, unistd::Pid};
 use std::{
@@ -210,21 +210,8 @@ fn a_client_killed_mid_session_leaves_a_journal_a_new_session_reads() {
     );
 
     // A new session: reads what finished, runs the rest, appends.
-    let session = Session::builder()
-        .registry(common::functions::registry())
-        .sandbox(dir.join("sandbox2"))
-        .build()
-        .unwrap();
-    let pilot = session
-        .pilot_manager()
-        .submit(
-            PilotDescription::local()
-                .cores(2)
-                .worker_executable(common::host()),
-        )
-        .unwrap();
-    let tm = session.task_manager();
-    tm.add_pilot(&pilot).unwrap();
+    let (session, _pilot, tm) =
+        common::session_in(&dir.join("sandbox2"), PilotDescription::local().cores(2));
     let journal = Journal::open(&journal_path).unwrap();
     let finished: Vec<String> = Journal::read(&journal_path)
         .unwrap()
@@ -254,21 +241,8 @@ fn client_process() {
     let Some(dir) = std::env::var_os("DEEPRC_PILOT_FAULT_DIR").map(PathBuf::from) else {
         return;
     };
-    let session = Session::builder()
-        .registry(common::functions::registry())
-        .sandbox(dir.join("sandbox"))
-        .build()
-        .unwrap();
-    let pilot = session
-        .pilot_manager()
-        .submit(
-            PilotDescription::local()
-                .cores(3)
-                .worker_executable(common::host()),
-        )
-        .unwrap();
-    let tm = session.task_manager();
-    tm.add_pilot(&pilot).unwrap();
+    let (_session, _pilot, tm) =
+        common::session_in(&dir.join("sandbox"), PilotDescription::local().cores(3));
     let journal = Journal::open(dir.join("tasks.jsonl")).unwrap();
     journal.attach(&tm);
     echoes(&tm, 0, 6);

@@ -291,21 +291,8 @@ fn two_hundred_sessions_leak_no_threads_fds_or_memory() {
     let (mut xs, mut threads, mut fds, mut heap) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut first = None;
     for i in 0..200 {
-        let session = deeprc_pilot::Session::builder()
-            .registry(common::functions::registry())
-            .sandbox(root.join("sandbox"))
-            .build()
-            .unwrap();
-        let pilot = session
-            .pilot_manager()
-            .submit(
-                PilotDescription::local()
-                    .cores(4)
-                    .worker_executable(common::host()),
-            )
-            .unwrap();
-        let tm = session.task_manager();
-        tm.add_pilot(&pilot).unwrap();
+        let (session, _pilot, tm) =
+            common::session_in(&root.join("sandbox"), PilotDescription::local().cores(4));
         let tasks = tm
             .submit_many(vec![
                 TaskDescription::function("echo").args_bytes(format!("{i}")),

@@ -61,9 +61,17 @@ pub(crate) fn setup_in(
     dir: Scratch,
     desc: PilotDescription,
 ) -> (Session, Pilot, TaskManager, Scratch) {
+    let (session, pilot, tmgr) = session_in(&dir.join("sandbox"), desc);
+    (session, pilot, tmgr, dir)
+}
+
+/// A session with the test functions and its sandbox at `sandbox`, a pilot
+/// of `desc` (the worker host set unless `desc` names one) and a task
+/// manager using it.
+pub(crate) fn session_in(sandbox: &Path, desc: PilotDescription) -> (Session, Pilot, TaskManager) {
     let session = Session::builder()
         .registry(functions::registry())
-        .sandbox(dir.join("sandbox"))
+        .sandbox(sandbox)
         .build()
         .unwrap();
     let desc = if desc.worker_executable.is_none() {
@@ -74,5 +82,5 @@ pub(crate) fn setup_in(
     let pilot = session.pilot_manager().submit(desc).unwrap();
     let tmgr = session.task_manager();
     tmgr.add_pilot(&pilot).unwrap();
-    (session, pilot, tmgr, dir)
+    (session, pilot, tmgr)
 }
