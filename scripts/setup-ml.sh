@@ -77,7 +77,9 @@ else
 fi
 purelib="$("$vpy" -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])')"
 libtorch="$purelib/torch"
-tfdir="$purelib/tensorflow"
+# The venv's real path: a venv reached through a symlink (another checkout
+# sharing it) must not leave links into that checkout.
+tfdir="$(realpath "$purelib")/tensorflow"
 libdir="$venv/deeprc-lib"
 mkdir -p "$libdir"
 ln -sfn "$tfdir/libtensorflow_cc.so.2" "$libdir/libtensorflow.so"
