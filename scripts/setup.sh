@@ -7,9 +7,10 @@ set -euo pipefail
 # comparison), Gloo, libclang/pkg-config for the MPI bindings, and
 # fontconfig/freetype with a font for the plots (plotters), and Slurm with munge and the
 # namespace tools for the pilot's cluster tests (scripts/netns-slurm.sh starts the cluster).
+# UCX (libucx-dev for the ucx backend, ucx-utils for ucx_perftest beside it).
 packages=(pkg-config libclang-dev libopenmpi-dev openmpi-bin mpich libmpich-dev libgloo-dev
     libfontconfig1-dev libfreetype-dev fonts-dejavu-core
-    slurm-wlm munge iproute2 util-linux procps)
+    slurm-wlm munge iproute2 util-linux procps libucx-dev ucx-utils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,6 @@
-//! Builds the C++ shim of the `gloo` backend. Without the `gloo` feature
-//! (`CARGO_FEATURE_GLOO` unset) it does nothing and cxx-build is not even a
-//! dependency.
+//! Builds the C++ shim of the `gloo` backend and the C shim of the `ucx`
+//! backend. Without those features it does nothing and neither cxx-build
+//! nor cc is even a dependency.
 
 fn main() {
     // Without this line cargo would rerun the script (and rebuild the
@@ -9,6 +9,25 @@ fn main() {
     #[cfg(feature = "gloo")]
     if std::env::var_os("CARGO_FEATURE_GLOO").is_some() {
         gloo::build();
+    }
+    #[cfg(feature = "ucx")]
+    if std::env::var_os("CARGO_FEATURE_UCX").is_some() {
+        ucx::build();
+    }
+}
+
+#[cfg(feature = "ucx")]
+mod ucx {
+    /// Compiles the shim; links Debian's shared libucp (libucx-dev).
+    pub(crate) fn build() {
+        cc::Build::new()
+            .file("ucx-shim/shim.c")
+            .warnings(true)
+            .compile("deeprc_ucx_shim");
+        for lib in ["ucp", "uct", "ucs"] {
+            println!("cargo:rustc-link-lib=dylib={lib}");
+        }
+        println!("cargo:rerun-if-changed=ucx-shim/shim.c");
     }
 }
 

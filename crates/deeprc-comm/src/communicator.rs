@@ -27,7 +27,7 @@ pub enum Backend {
     Gloo,
     /// NVIDIA NCCL through cudarc (feature `nccl`).
     Nccl,
-    /// UCX (not yet implemented).
+    /// UCX (UCP tag matching, feature `ucx`).
     Ucx,
 }
 
@@ -52,7 +52,7 @@ impl Backend {
             Backend::Mpi => cfg!(feature = "mpi"),
             Backend::Gloo => cfg!(feature = "gloo"),
             Backend::Nccl => cfg!(feature = "nccl"),
-            Backend::Ucx => false,
+            Backend::Ucx => cfg!(feature = "ucx"),
         }
     }
 

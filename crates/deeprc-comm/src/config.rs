@@ -81,11 +81,3 @@ where
         Err(e) => Err(CommError::config(name, e.to_string())),
     }
 }
-
-/// Reads a required environment variable.
-pub(crate) fn env_required<T: std::str::FromStr>(name: &str) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    env_parse(name)?.ok_or_else(|| CommError::config(name, "is not set"))
-}

@@ -25,7 +25,9 @@
 //! # Feature flags
 //! - `local` (default): ranks as threads, zero-copy hand-over.
 //! - `tcp` (default): ranks as processes, rendezvous through a store named in
-//!   `DEEPRC_STORE`, authenticated with `DEEPRC_TOKEN`.
+//!   `DEEPRC_STORE`, authenticated with `DEEPRC_TOKEN`; under srun, torchrun
+//!   or mpirun the place of each rank comes from the launcher ([`launcher`]).
+//! - `ucx`: ranks over UCX (Debian's `libucx-dev`), the same rendezvous.
 //!
 //! A backend that was not compiled in still exists in [`Backend`] and answers
 //! [`CommError::NotCompiled`].
@@ -39,6 +41,7 @@ pub mod conformance;
 mod error;
 mod group;
 mod init;
+pub mod launcher;
 #[macro_use]
 mod macros;
 mod mailbox;
@@ -62,6 +65,12 @@ pub mod gloo;
 #[cfg(not(feature = "gloo"))]
 #[path = "unavailable/gloo.rs"]
 pub mod gloo;
+
+#[cfg(feature = "ucx")]
+pub mod ucx;
+#[cfg(not(feature = "ucx"))]
+#[path = "unavailable/ucx.rs"]
+pub mod ucx;
 
 #[cfg(feature = "nccl")]
 pub mod nccl;

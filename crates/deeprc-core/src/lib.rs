@@ -24,6 +24,7 @@
 
 mod device;
 mod error;
+pub mod hostlist;
 mod ids;
 mod profile;
 mod resources;

@@ -63,7 +63,7 @@ mod ffi;
 
 use crate::{
     communicator::{check_elements, reduce_bytes},
-    config::{env_parse, env_required},
+    config::env_parse,
     mailbox::{Key, Mailbox, Payload},
     tcp::{FileStore, Store, StoreSpec, TcpStore, TcpStoreServer},
     Backend, CommConfig, CommError, Communicator, DType, ReduceOp, Result, Tag,
@@ -168,16 +168,16 @@ impl GlooOptions {
         }
     }
 
-    /// Reads `DEEPRC_RANK`, `DEEPRC_WORLD_SIZE`, `DEEPRC_STORE`,
-    /// `DEEPRC_TOKEN`, and optionally `DEEPRC_BIND` (an address to bind),
-    /// `DEEPRC_ADVERTISE` (a host name, required when `DEEPRC_BIND` is a
-    /// wildcard) and the [`CommConfig`] variables.
+    /// The rank's place from
+    /// [`Placement::from_env`](crate::launcher::Placement::from_env)
+    /// (`DEEPRC_*`, or what srun, torchrun or mpirun set), and optionally
+    /// `DEEPRC_BIND` (an address to bind), `DEEPRC_ADVERTISE` (a host name,
+    /// required when `DEEPRC_BIND` is a wildcard) and the [`CommConfig`]
+    /// variables. Without either, a rank advertises the address of the
+    /// interface that routes to the store.
     pub fn from_env() -> Result<Self> {
-        let rank = env_required("DEEPRC_RANK")?;
-        let size = env_required("DEEPRC_WORLD_SIZE")?;
-        let store: String = env_required("DEEPRC_STORE")?;
-        let token: String = env_required("DEEPRC_TOKEN")?;
-        let mut o = Self::new(rank, size, StoreSpec::parse(&store), token);
+        let p = crate::launcher::Placement::from_env()?;
+        let mut o = Self::new(p.rank, p.size, StoreSpec::parse(&p.store), p.token);
         let bind: Option<IpAddr> = env_parse("DEEPRC_BIND")?;
         let advertise: Option<String> = env_parse("DEEPRC_ADVERTISE")?;
         match (bind, advertise) {
@@ -189,7 +189,7 @@ impl GlooOptions {
                     "must be set when DEEPRC_BIND is a wildcard address",
                 ))
             }
-            (None, None) => {}
+            (None, None) => o.hostname = crate::launcher::route_to(&p.store)?.to_string(),
         }
         o.config = CommConfig::from_env()?;
         Ok(o)

@@ -48,7 +48,7 @@ mod wire;
 pub use store::{FileStore, Store, StoreSpec, TcpStore, TcpStoreServer};
 
 use crate::{
-    config::{env_parse, env_required},
+    config::env_parse,
     group::{Group, Transport},
     mailbox::{Key, Mailbox, Payload},
     pool::{BufferPool, POOL_BYTES},
@@ -101,18 +101,20 @@ impl TcpOptions {
         }
     }
 
-    /// Reads `DEEPRC_RANK`, `DEEPRC_WORLD_SIZE`, `DEEPRC_STORE`,
-    /// `DEEPRC_TOKEN`, and optionally `DEEPRC_BIND`, `DEEPRC_ADVERTISE` and
-    /// the [`CommConfig`] variables.
+    /// Options from the environment: the rank's place from
+    /// [`Placement::from_env`](crate::launcher::Placement::from_env)
+    /// (`DEEPRC_*`, or what srun, torchrun or mpirun set), and optionally
+    /// `DEEPRC_BIND`, `DEEPRC_ADVERTISE` and the [`CommConfig`] variables.
+    /// Without `DEEPRC_BIND` a rank listens on, and advertises, the address
+    /// of the interface that routes to the store (loopback for a loopback
+    /// store or a store folder).
     pub fn from_env() -> Result<Self> {
-        let rank = env_required("DEEPRC_RANK")?;
-        let size = env_required("DEEPRC_WORLD_SIZE")?;
-        let store: String = env_required("DEEPRC_STORE")?;
-        let token: String = env_required("DEEPRC_TOKEN")?;
-        let mut o = Self::new(rank, size, StoreSpec::parse(&store), token);
-        if let Some(b) = env_parse("DEEPRC_BIND")? {
-            o.bind = b;
-        }
+        let p = crate::launcher::Placement::from_env()?;
+        let mut o = Self::new(p.rank, p.size, StoreSpec::parse(&p.store), p.token);
+        o.bind = match env_parse("DEEPRC_BIND")? {
+            Some(b) => b,
+            None => crate::launcher::route_to(&p.store)?,
+        };
         o.advertise = env_parse("DEEPRC_ADVERTISE")?;
         o.config = CommConfig::from_env()?;
         Ok(o)
@@ -357,18 +359,7 @@ impl TcpComm {
         if o.token.is_empty() {
             return Err(CommError::config("DEEPRC_TOKEN", "the job token is empty"));
         }
-        let (store, store_server): (Box<dyn Store>, _) = match &o.store {
-            StoreSpec::Dir(d) => (Box::new(FileStore::new(d, &o.token)?), None),
-            StoreSpec::Tcp(addr) => {
-                let server = if o.rank == 0 {
-                    Some(TcpStoreServer::start(addr, &o.token)?)
-                } else {
-                    None
-                };
-                let store = TcpStore::connect(addr, &o.token, o.config.connect_timeout)?;
-                (Box::new(store), server)
-            }
-        };
+        let (store, store_server) = open_store(&o.store, o.rank, &o.token, &o.config)?;
 
         let tcp = TcpListener::bind((o.bind, 0))
             .map_err(|e| CommError::io(format!("binding a listener on {}", o.bind), e))?;
@@ -501,6 +492,28 @@ impl TcpComm {
     pub fn setup_time(&self) -> Duration {
         self.setup
     }
+}
+
+/// The rendezvous store of a job: rank 0 serves a tcp store, which every
+/// rank then connects to; a folder store needs no server.
+pub(crate) fn open_store(
+    spec: &StoreSpec,
+    rank: usize,
+    token: &str,
+    config: &CommConfig,
+) -> Result<(Box<dyn Store>, Option<TcpStoreServer>)> {
+    Ok(match spec {
+        StoreSpec::Dir(d) => (Box::new(FileStore::new(d, token)?), None),
+        StoreSpec::Tcp(addr) => {
+            let server = if rank == 0 {
+                Some(TcpStoreServer::start(addr, token)?)
+            } else {
+                None
+            };
+            let store = TcpStore::connect(addr, token, config.connect_timeout)?;
+            (Box::new(store), server)
+        }
+    })
 }
 
 /// Connects to a lower rank and says hello; retries until the deadline.

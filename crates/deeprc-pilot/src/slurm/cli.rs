@@ -1,7 +1,7 @@
 //! Running Slurm's commands (`sbatch`, `squeue`, `scancel`, `scontrol`) and
 //! reading what they print.
 
-use super::nodelist::{count_ids, expand_hostlist, expand_ids};
+use deeprc_core::hostlist::{count_ids, expand_hostlist, expand_ids};
 use std::{
     io::Write,
     path::PathBuf,

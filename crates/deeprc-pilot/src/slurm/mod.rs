@@ -37,11 +37,10 @@
 //! node faults beyond the job's own end.
 
 mod cli;
-mod nodelist;
 mod provider;
 mod srun;
 
-pub use nodelist::{expand_counts, expand_hostlist, MAX_HOSTS};
+pub use deeprc_core::hostlist::{expand_counts, expand_hostlist, MAX_HOSTS};
 pub use provider::{SlurmProvider, SlurmStats};
 pub use srun::Srun;
 

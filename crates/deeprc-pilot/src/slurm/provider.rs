@@ -5,13 +5,13 @@ use super::{
     cli::{parse_job_nodes, parse_sacct_state, parse_sbatch, parse_scontrol_state, parse_squeue},
     cli::{Cli, JobStatus},
     cli::{NodeAlloc, HOPELESS_REASONS, SQUEUE_FORMAT},
-    nodelist::{expand_counts, expand_hostlist, expand_ids},
     SlurmJob, SlurmPilot, Srun, BATCH_SCRIPT,
 };
 use crate::{
     resource::{Allocation, PilotLink},
     LaunchMethod, NodeSpec, PilotDescription, PilotError, PilotState, ResourceProvider, Result,
 };
+use deeprc_core::hostlist::{expand_counts, expand_hostlist, expand_ids};
 use std::{
     collections::HashMap,
     fmt,

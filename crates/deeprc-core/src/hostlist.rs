@@ -1,3 +1,6 @@
+//! Slurm host lists, shared by the pilot (allocations) and the
+//! communicators (finding the first node of a job step).
+//!
 //! Slurm's compressed lists: host lists (`dn[1-3,5]`, `r[1-2]n[01-02]`) and
 //! counts per node (`2(x3),1`), as `SLURM_JOB_NODELIST`,
 //! `SLURM_JOB_CPUS_PER_NODE` and `squeue -o %N` write them.
@@ -15,7 +18,7 @@ pub const MAX_HOSTS: usize = 1 << 20;
 /// `n08 n09 n10`).
 ///
 /// ```
-/// use deeprc_pilot::slurm::expand_hostlist;
+/// use deeprc_core::hostlist::expand_hostlist;
 /// assert_eq!(expand_hostlist("dn[1-3,5]").unwrap(), ["dn1", "dn2", "dn3", "dn5"]);
 /// assert_eq!(expand_hostlist("a,b[01-02]").unwrap(), ["a", "b01", "b02"]);
 /// ```
@@ -132,7 +135,7 @@ fn expand_ranges(spec: &str) -> Result<Vec<String>, String> {
 /// `2(x3),1` (three nodes of 2, then one of 1).
 ///
 /// ```
-/// use deeprc_pilot::slurm::expand_counts;
+/// use deeprc_core::hostlist::expand_counts;
 /// assert_eq!(expand_counts("2(x3),1").unwrap(), [2, 2, 2, 1]);
 /// ```
 ///
@@ -159,12 +162,26 @@ pub fn expand_counts(spec: &str) -> Result<Vec<usize>, String> {
 }
 
 /// Slurm's CPU id lists (`0-1,4`, from `scontrol show job -d`), counted.
-pub(crate) fn count_ids(spec: &str) -> Result<usize, String> {
+///
+/// ```
+/// assert_eq!(deeprc_core::hostlist::count_ids("0-1,4").unwrap(), 3);
+/// ```
+///
+/// # Errors
+/// A part that is not a number or a `lo-hi` range.
+pub fn count_ids(spec: &str) -> Result<usize, String> {
     expand_ranges(spec).map(|v| v.len())
 }
 
 /// Slurm's CPU or GPU index lists (`0-1,4`), expanded.
-pub(crate) fn expand_ids(spec: &str) -> Result<Vec<usize>, String> {
+///
+/// ```
+/// assert_eq!(deeprc_core::hostlist::expand_ids("0-1,4").unwrap(), [0, 1, 4]);
+/// ```
+///
+/// # Errors
+/// A part that is not a number or a `lo-hi` range.
+pub fn expand_ids(spec: &str) -> Result<Vec<usize>, String> {
     expand_ranges(spec)?
         .iter()
         .map(|v| v.parse().map_err(|_| format!("bad index {v:?}")))
