@@ -5,6 +5,8 @@
 mod backends;
 #[path = "integration/bad_input.rs"]
 mod bad_input;
+#[path = "../../deeprc-comm/tests/common/cluster.rs"]
+mod cluster;
 #[path = "integration/common.rs"]
 mod common;
 #[path = "integration/dist_ops.rs"]

@@ -21,54 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-const NODES: usize = 3;
-const CPUS: usize = 4;
+#[path = "../../deeprc-comm/tests/common/cluster.rs"]
+mod cluster;
 
-/// Starts the cluster unless it is up; `false` when `DEEPRC_NO_SLURM=1`.
-fn cluster() -> bool {
-    if std::env::var("DEEPRC_NO_SLURM").as_deref() == Ok("1") {
-        eprintln!("DEEPRC_NO_SLURM=1: the Slurm cluster test is skipped");
-        return false;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/netns-slurm.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(["up", &NODES.to_string(), &CPUS.to_string()])
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "the Slurm test cluster did not start ({} up {NODES} {CPUS}: {}):\n{}\n{}\n\
-         These tests need root and a real Slurm; set DEEPRC_NO_SLURM=1 to skip them.",
-        script.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    true
-}
-
-/// A fresh folder on the file system every node shares.
-fn scratch(name: &str) -> PathBuf {
-    // The namespace cluster shares every file system but /tmp: each node
-    // mounts its own there. A checkout under /tmp has its test binaries
-    // and sandboxes where no node can see them, and the tests failed with
-    // `couldn't chdir ... No such file or directory` from slurmstepd.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    assert!(
-        !target.starts_with("/tmp"),
-        "the target directory {} is under /tmp, which each node of the namespace Slurm \
-         cluster mounts privately (scripts/netns-slurm.sh): check the repository out (or set \
-         CARGO_TARGET_DIR) outside /tmp to run the Slurm tests",
-        target.display()
-    );
-    let d = target
-        .join("slurm")
-        .join(format!("{name}.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use cluster::{cluster, scratch, NODES};
 
 fn session(dir: &Path) -> (Session, Arc<SlurmProvider>) {
     let mut registry = Registry::new();

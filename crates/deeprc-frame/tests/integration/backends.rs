@@ -1,6 +1,8 @@
 //! The distributed battery over process backends: tcp ranks as threads of
-//! this process, and tcp ranks as real processes (this test binary
-//! re-executed, one process per rank, exchanging Arrow IPC).
+//! this process, tcp ranks as real processes (this test binary
+//! re-executed, one process per rank, exchanging Arrow IPC), and ranks on
+//! 3 hosts of the namespace Slurm cluster over tcp and UCX, started by
+//! `srun` with nothing but the backend's name set.
 
 use super::common::*;
 use super::dist_ops::{battery, case};
@@ -85,6 +87,86 @@ fn tcp_rank_process() {
     let c = case(n as u64 + 10, n);
     match battery(comm, &c) {
         Ok(k) => println!("RESULT ok {k}"),
+        Err(e) => println!("RESULT err {e}"),
+    }
+}
+
+/// Every operator on 3 ranks, one per host of the namespace cluster,
+/// started by srun; each rank finds its place from Slurm's variables.
+fn across_three_hosts(backend: &str) {
+    if !super::cluster::cluster() {
+        return;
+    }
+    let dir = super::cluster::scratch(&format!("frame-hosts-{backend}"));
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new("srun");
+    cmd.args([
+        "-N3",
+        "--ntasks-per-node=1",
+        "-t",
+        "5",
+        "--kill-on-bad-exit=1",
+    ])
+    .arg(&exe)
+    .args([
+        "backends::hosts_rank_process",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .current_dir(&dir)
+    .env("DEEPRC_BACKEND", backend)
+    .env("DEEPRC_FRAME_TEST_RANK", "1")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for v in [
+        "DEEPRC_RANK",
+        "DEEPRC_WORLD_SIZE",
+        "DEEPRC_STORE",
+        "DEEPRC_TOKEN",
+    ] {
+        cmd.env_remove(v);
+    }
+    let out = cmd.output().expect("srun runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let hosts: std::collections::BTreeSet<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_once("RESULT ok ").map(|(_, r)| r))
+        .filter_map(|r| r.split_whitespace().nth(1))
+        .collect();
+    assert!(
+        out.status.success() && hosts.len() == 3,
+        "{backend} on 3 hosts ({hosts:?}):\n{stdout}\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn every_operator_across_three_hosts_over_tcp() {
+    across_three_hosts("tcp");
+}
+
+#[cfg(feature = "ucx")]
+#[test]
+fn every_operator_across_three_hosts_over_ucx() {
+    across_three_hosts("ucx");
+}
+
+/// The entry point of the ranks srun starts for the tests above.
+#[test]
+#[ignore = "run by srun in every_operator_across_three_hosts_*"]
+fn hosts_rank_process() {
+    if std::env::var_os("DEEPRC_FRAME_TEST_RANK").is_none() {
+        return;
+    }
+    let comm = deeprc_comm::from_env().unwrap();
+    let n = comm.size();
+    let c = case(n as u64 + 20, n);
+    let backend = comm.backend();
+    match battery(comm, &c) {
+        Ok(k) => println!("RESULT ok {k} {} {backend}", super::cluster::hostname()),
         Err(e) => println!("RESULT err {e}"),
     }
 }
