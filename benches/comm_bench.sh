@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Communicator benchmark with every process backend: tcp, gloo, and MPI built
+# Communicator benchmark with every process backend: tcp, ucx, gloo, and MPI built
 # against MPICH (the fastest MPI measured on this machine) as the reference,
 # plus MPICH's own MPI_Allreduce timed by a small C program (no Rust copies),
 # all in the same run. Options go to comm_bench (see its documentation), e.g.
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 [ -n "${DEEPRC_SKIP_SETUP:-}" ] || scripts/setup.sh
 source scripts/env.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_MPICH:-target/mpich}"
-MPICC=mpicc.mpich cargo build --release -p deeprc-benches --features mpi,gloo --bin comm_bench
+MPICC=mpicc.mpich cargo build --release -p deeprc-benches --features mpi,gloo,ucx --bin comm_bench
 
 # MPI_Allreduce of f32 in place: median over reps of the slowest rank.
 mpi_c="$CARGO_TARGET_DIR/release/mpich_allreduce"

@@ -10,8 +10,15 @@
 //!
 //! Options (default: everything):
 //! - `--all-reduce-only`: only the all-reduce rows, no creation table;
-//! - `--backends local,tcp,gloo,mpi`: the backends to run (those compiled in);
-//! - `--ranks 2,4`: the rank counts of the collectives.
+//! - `--backends local,tcp,ucx,ucx-shm,gloo,mpi`: the backends to run (those
+//!   compiled in; `ucx` with UCX's peer error handling, so over tcp
+//!   loopback within a host, `ucx-shm` without it, over shared memory);
+//! - `--ranks 2,4`: the rank counts of the collectives;
+//! - `--hosts`: the process backends' ranks on distinct hosts of the
+//!   namespace Slurm cluster (`scripts/netns-slurm.sh up 3 4`), one per
+//!   node, started by `srun`, beside `ucx_perftest`'s tag bandwidth between
+//!   two of the same hosts (MPI under `srun --mpi=pmix` needs an OpenMPI
+//!   build of this benchmark: `--features mpi` without `MPICC`).
 //!
 //! With `DEEPRC_BENCH_MPI_C` naming a C program that times `MPI_Allreduce`
 //! in place (`benches/comm_bench.sh` builds one against MPICH), its figure
@@ -74,6 +81,32 @@ fn timed(
     Ok(median(times))
 }
 
+/// Half the round-trip time of an 8-byte message between ranks 0 and 1
+/// (the others wait), median over 1,001 round trips.
+fn ping_pong(comm: &dyn Communicator) -> Result<f64, CommError> {
+    let msg = Bytes::from_static(&[7u8; 8]);
+    let mut times = Vec::with_capacity(1001);
+    comm.barrier()?;
+    for _ in 0..1001 {
+        let t = Instant::now();
+        match comm.rank() {
+            0 => {
+                comm.send(1, 9, msg.clone())?;
+                comm.recv(1, 9)?;
+            }
+            1 => {
+                comm.recv(0, 9)?;
+                comm.send(0, 9, msg.clone())?;
+            }
+            _ => {}
+        }
+        times.push(t.elapsed().as_secs_f64() / 2.0);
+    }
+    comm.barrier()?;
+    let mine = median(times);
+    comm.all_reduce_scalar(mine, ReduceOp::Max)
+}
+
 /// One result line: `op<TAB>total bytes<TAB>seconds`.
 struct Row {
     op: &'static str,
@@ -109,6 +142,11 @@ fn run_ops(
             secs,
         });
     }
+    rows.push(Row {
+        op: "latency",
+        bytes: 8,
+        secs: ping_pong(comm)?,
+    });
     let mut tiny = [1.0f64];
     let secs = timed(comm, 201, || comm.all_reduce(&mut tiny, ReduceOp::Sum))?;
     rows.push(Row {
@@ -157,6 +195,15 @@ fn print_rows(backend: &str, n: usize, rows: &[Row], memcpy: f64) {
             );
             continue;
         }
+        if r.op == "latency" {
+            println!(
+                "| {backend:<6} | {n} | {:<12} | {:>8} | {:>10.1} us | one way, ping-pong | - |",
+                r.op,
+                fmt_bytes(r.bytes),
+                r.secs * 1e6
+            );
+            continue;
+        }
         let gbps = r.bytes as f64 / r.secs / 1e9;
         println!(
             "| {backend:<6} | {n} | {:<12} | {:>8} | {:>10.3} ms | {:>6.2} GB/s | {:>5.1}% of memcpy |",
@@ -174,6 +221,8 @@ fn worker(backend: &str) -> Result<(), CommError> {
     let t = Instant::now();
     let comm: Box<dyn Communicator> = match backend {
         "tcp" => Box::new(TcpComm::from_env()?),
+        #[cfg(feature = "ucx")]
+        "ucx" | "ucx-lo" => Box::new(deeprc_comm::ucx::UcxComm::from_env()?),
         #[cfg(feature = "mpi")]
         "mpi" => Box::new(deeprc_comm::mpi::MpiComm::world()?),
         #[cfg(feature = "gloo")]
@@ -204,6 +253,7 @@ fn spawn_workers(
     n: usize,
     create_only: bool,
     all_reduce_only: bool,
+    hosts: bool,
 ) -> (f64, Vec<Row>) {
     let exe = std::env::current_exe().expect("own path");
     let dir = std::env::temp_dir().join(format!(
@@ -213,6 +263,31 @@ fn spawn_workers(
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let children: Vec<_> = match backend {
+        _ if hosts => {
+            // One rank per node; each finds its place from Slurm's
+            // variables (deeprc_comm::launcher), MPI from PMIx.
+            let mut c = Command::new("srun");
+            c.args(["-N", &n.to_string(), "--ntasks-per-node=1", "-t", "10"]);
+            if backend == "mpi" {
+                c.arg("--mpi=pmix");
+            }
+            c.arg(&exe)
+                .args(["--worker", backend])
+                .current_dir(std::env::current_dir().expect("working folder"))
+                .env(
+                    "DEEPRC_BACKEND",
+                    if backend == "ucx-lo" { "ucx" } else { backend },
+                )
+                .env_remove("DEEPRC_STORE")
+                .env_remove("DEEPRC_RANK");
+            if create_only {
+                c.env("DEEPRC_BENCH_CREATE_ONLY", "1");
+            }
+            if all_reduce_only {
+                c.env("DEEPRC_BENCH_ALL_REDUCE_ONLY", "1");
+            }
+            vec![c.stdout(Stdio::piped()).spawn().expect("srun")]
+        }
         "mpi" => {
             let mpiexec = std::env::var("DEEPRC_BENCH_MPIEXEC").unwrap_or("mpirun".into());
             let mut c = Command::new(mpiexec);
@@ -234,6 +309,10 @@ fn spawn_workers(
                     .env("DEEPRC_WORLD_SIZE", n.to_string())
                     .env("DEEPRC_STORE", dir.display().to_string())
                     .env("DEEPRC_TOKEN", format!("bench-{}-{n}", std::process::id()))
+                    .env(
+                        "DEEPRC_UCX_PEER_ERRORS",
+                        if backend == "ucx-lo" { "1" } else { "0" },
+                    )
                     .stdout(Stdio::piped());
                 if create_only {
                     c.env("DEEPRC_BENCH_CREATE_ONLY", "1");
@@ -255,10 +334,10 @@ fn spawn_workers(
             match f.as_slice() {
                 ["CREATE", s] => create = s.parse().unwrap_or(f64::NAN),
                 ["ROW", op, b, s] => rows.push(Row {
-                    op: if *op == "all_to_all_v" {
-                        "all_to_all_v"
-                    } else {
-                        "all_reduce"
+                    op: match *op {
+                        "all_to_all_v" => "all_to_all_v",
+                        "latency" => "latency",
+                        _ => "all_reduce",
                     },
                     bytes: b.parse().unwrap_or(0),
                     secs: s.parse().unwrap_or(f64::NAN),
@@ -323,6 +402,7 @@ fn mpi_c_all_reduce(prog: &str, n: usize) -> Option<Row> {
 /// Command-line options (see the module documentation).
 struct Options {
     all_reduce_only: bool,
+    hosts: bool,
     backends: Option<Vec<String>>,
     ranks: Vec<usize>,
 }
@@ -330,6 +410,7 @@ struct Options {
 fn options(args: &[String]) -> Options {
     let mut o = Options {
         all_reduce_only: false,
+        hosts: false,
         backends: None,
         ranks: vec![2, 4],
     };
@@ -337,6 +418,7 @@ fn options(args: &[String]) -> Options {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--all-reduce-only" => o.all_reduce_only = true,
+            "--hosts" => o.hosts = true,
             "--backends" => {
                 let v = it.next().expect("--backends needs a list");
                 o.backends = Some(v.split(',').map(str::to_string).collect());
@@ -377,6 +459,11 @@ fn main() {
         .filter(|_| wanted("mpi"));
     let memcpy = memcpy_gbps(256 * MIB);
     println!("memcpy bandwidth (256 MiB, this run): {memcpy:.2} GB/s\n");
+    let ucx = cfg!(feature = "ucx");
+    if opts.hosts {
+        hosts_run(&opts, memcpy, &wanted);
+        return;
+    }
     if !opts.all_reduce_only {
         creation_table(mpi, gloo, &wanted);
     }
@@ -395,6 +482,12 @@ fn main() {
     if wanted("tcp") {
         backends.push("tcp");
     }
+    if ucx && wanted("ucx") {
+        backends.push("ucx");
+    }
+    if ucx && wanted("ucx-lo") {
+        backends.push("ucx-lo");
+    }
     if gloo {
         backends.push("gloo");
     }
@@ -403,7 +496,7 @@ fn main() {
     }
     for b in &backends {
         for &n in &opts.ranks {
-            let (_, rows) = spawn_workers(b, n, false, opts.all_reduce_only);
+            let (_, rows) = spawn_workers(b, n, false, opts.all_reduce_only, false);
             print_rows(b, n, &rows, memcpy);
         }
     }
@@ -420,6 +513,7 @@ fn main() {
 }
 
 fn creation_table(mpi: bool, gloo: bool, wanted: &dyn Fn(&str) -> bool) {
+    let ucx = cfg!(feature = "ucx") && wanted("ucx");
     println!("## Communicator creation (slowest rank, median)\n");
     println!("| backend | ranks | create |");
     println!("|---|---|---|");
@@ -439,6 +533,9 @@ fn creation_table(mpi: bool, gloo: bool, wanted: &dyn Fn(&str) -> bool) {
     if wanted("tcp") {
         backends.push("tcp");
     }
+    if ucx {
+        backends.push("ucx");
+    }
     if gloo {
         backends.push("gloo");
     }
@@ -447,8 +544,78 @@ fn creation_table(mpi: bool, gloo: bool, wanted: &dyn Fn(&str) -> bool) {
     }
     for b in &backends {
         for n in [2, 4, 8] {
-            let times: Vec<f64> = (0..5).map(|_| spawn_workers(b, n, true, false).0).collect();
+            let times: Vec<f64> = (0..5)
+                .map(|_| spawn_workers(b, n, true, false, false).0)
+                .collect();
             println!("| {b} (processes) | {n} | {:.3} ms |", median(times) * 1e3);
         }
     }
+}
+
+/// `--hosts`: every process backend with one rank per namespace node,
+/// beside `ucx_perftest` between the first two nodes.
+fn hosts_run(opts: &Options, memcpy: f64, wanted: &dyn Fn(&str) -> bool) {
+    println!("## Across hosts of the namespace Slurm cluster (one rank per node, srun)\n");
+    if let Some(mb) = ucx_perftest_mbps() {
+        println!("ucx_perftest tag_bw 1 MiB messages, dn1 -> dn2 (UCX_TLS=tcp): {mb:.0} MB/s\n");
+    }
+    println!("| backend | ranks | op | size | time | bandwidth | vs memcpy |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut backends = vec!["tcp"];
+    if cfg!(feature = "ucx") {
+        backends.push("ucx");
+    }
+    if cfg!(feature = "mpi") {
+        backends.push("mpi");
+    }
+    for b in backends.into_iter().filter(|b| wanted(b)) {
+        for &n in &opts.ranks {
+            let (_, rows) = spawn_workers(b, n, false, opts.all_reduce_only, true);
+            print_rows(b, n, &rows, memcpy);
+        }
+    }
+}
+
+/// `ucx_perftest -t tag_bw` with 1 MiB messages from namespace node dn2 to
+/// dn1 (the server), in MB/s; `None` when it cannot run.
+fn ucx_perftest_mbps() -> Option<f64> {
+    let ns = |node: &str| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", node, "ucx_perftest"])
+            .env("UCX_TLS", "tcp,self")
+            .env("UCX_NET_DEVICES", "eth0");
+        c
+    };
+    let mut server = ns("dn1")
+        .args(["-t", "tag_bw", "-s", "1048576", "-n", "2000", "-p", "13339"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = ns("dn2")
+        .args([
+            "10.87.0.11",
+            "-t",
+            "tag_bw",
+            "-s",
+            "1048576",
+            "-n",
+            "2000",
+            "-p",
+            "13339",
+        ])
+        .output()
+        .ok();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out?.stdout).into_owned();
+    // The final line: "Final: <iters> <lat avg..> ... <bw average MB/s> ..."
+    let last = text.lines().rev().find(|l| l.contains("Final:"))?;
+    let f: Vec<f64> = last
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Columns after "Final:": iterations, 3 overheads (median, average,
+    // overall, in us), 2 bandwidths (average, overall, MB/s), 2 rates.
+    f.get(4).copied()
 }

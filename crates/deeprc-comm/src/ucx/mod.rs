@@ -18,10 +18,16 @@
 //! - Progress: one thread per rank owns the UCP worker (single-thread
 //!   mode), posts the sends callers queue, receives every message that
 //!   arrives, and sleeps on the worker's event descriptor when idle.
-//! - Failures: endpoints use UCX's peer error handling; a peer whose
-//!   endpoint fails (a dead process, a reset connection) fails every
-//!   pending receive from it ([`CommError::PeerLost`]), one that hangs
-//!   fails it after the timeout ([`CommError::Timeout`]), and a message
+//! - Transports: UCX chooses (shared memory and CMA within a host, tcp or
+//!   RDMA between hosts). Each rank publishes its host's identity (host
+//!   name and boot id) and its process beside its address, so that
+//!   endpoints to peers on other hosts use UCX's peer error handling and
+//!   endpoints within the host keep shared memory, which cannot.
+//! - Failures: a peer on another host whose endpoint fails (a dead
+//!   process, a reset connection), or a peer process on this host that
+//!   exits (the progress thread watches it, [`PROCESS_WATCH`]), fails
+//!   every pending receive from it ([`CommError::PeerLost`]); one that
+//!   hangs fails it after the timeout ([`CommError::Timeout`]); a message
 //!   over `max_frame_bytes` is refused before its body is received.
 //!
 //! `UCX_TLS` and `UCX_NET_DEVICES` choose UCX's transports as usual (for
@@ -37,7 +43,10 @@
 //! ```
 
 mod ffi;
+mod process;
 mod progress;
+
+pub use process::PROCESS_WATCH;
 
 use crate::{
     group::{Group, Transport},
@@ -67,12 +76,14 @@ pub struct UcxOptions {
     pub store: StoreSpec,
     /// The job token that the store's connections prove.
     pub token: String,
-    /// Whether UCX reports a failed peer at once (its peer error handling
-    /// mode, `DEEPRC_UCX_PEER_ERRORS`, default on). UCX 1.13's shared
-    /// memory transports cannot, so with it on, ranks of one host talk
-    /// over tcp loopback; off, they use shared memory and a dead peer is
-    /// noticed only by the timeout.
-    pub peer_errors: bool,
+    /// Whether peers on this host, too, use UCX's peer error handling
+    /// (`DEEPRC_UCX_PEER_ERRORS=1`; default off). UCX 1.13's shared memory
+    /// transports cannot detect a failed peer, so with it on, ranks of one
+    /// host talk over tcp loopback. Off, they use shared memory and the
+    /// progress thread watches their processes instead (a peer process
+    /// that exits fails receives from it within [`PROCESS_WATCH`]). Peers
+    /// on other hosts always use peer error handling.
+    pub peer_errors_on_host: bool,
     /// Timeouts and limits.
     pub config: CommConfig,
 }
@@ -85,7 +96,7 @@ impl UcxOptions {
             size,
             store,
             token: token.into(),
-            peer_errors: true,
+            peer_errors_on_host: false,
             config: CommConfig::default(),
         }
     }
@@ -98,14 +109,14 @@ impl UcxOptions {
         let mut o = Self::new(p.rank, p.size, StoreSpec::parse(&p.store), p.token)
             .with_config(CommConfig::from_env()?);
         if let Some(on) = crate::config::env_parse::<u8>("DEEPRC_UCX_PEER_ERRORS")? {
-            o.peer_errors = on != 0;
+            o.peer_errors_on_host = on != 0;
         }
         Ok(o)
     }
 
-    /// Sets [`UcxOptions::peer_errors`].
-    pub fn with_peer_errors(mut self, on: bool) -> Self {
-        self.peer_errors = on;
+    /// Sets [`UcxOptions::peer_errors_on_host`].
+    pub fn with_peer_errors_on_host(mut self, on: bool) -> Self {
+        self.peer_errors_on_host = on;
         self
     }
 
@@ -253,6 +264,9 @@ impl UcxComm {
             .address()
             .map_err(|e| ucx_error("reading the worker address", e))?;
         store.set(&format!("ucx/{}", o.rank), &address)?;
+        let me = process::Identity::this();
+        store.set(&format!("ucx/{}/process", o.rank), me.encode().as_bytes())?;
+        let mut watch = Vec::with_capacity(o.size);
         let mut peers = Vec::with_capacity(o.size);
         // Written by UCX (from progress) when an endpoint fails; the boxed
         // slice's heap memory does not move when the box does.
@@ -260,17 +274,26 @@ impl UcxComm {
         for peer in 0..o.size {
             if peer == o.rank {
                 peers.push(None);
+                watch.push(None);
                 continue;
             }
             let remaining = o.config.connect_timeout.saturating_sub(start.elapsed());
             let addr = store.get(&format!("ucx/{peer}"), remaining)?;
+            let remaining = o.config.connect_timeout.saturating_sub(start.elapsed());
+            let theirs = store.get(&format!("ucx/{peer}/process"), remaining)?;
+            let theirs = process::Identity::decode(&String::from_utf8_lossy(&theirs));
+            let same_host = theirs.as_ref().is_some_and(|t| t.host == me.host);
+            let peer_errors = !same_host || o.peer_errors_on_host;
+            // A peer process on this host, reached over shared memory, is
+            // watched instead (not one in this very process).
+            watch.push(theirs.filter(|t| !peer_errors && t.pid != me.pid));
             let flag = failed[peer].as_ptr();
             // SAFETY: `addr` is what rank `peer` published from
             // Worker::address; `flag` points into `failed`, whose heap
             // slice moves into the progress thread with the endpoints and
             // outlives them there (the endpoints are closed before it is
             // dropped).
-            let ep = unsafe { worker.connect(&addr, o.peer_errors, flag) }
+            let ep = unsafe { worker.connect(&addr, peer_errors, flag) }
                 .map_err(|e| ucx_error(&format!("creating an endpoint to rank {peer}"), e))?;
             peers.push(Some(ep));
         }
@@ -284,6 +307,7 @@ impl UcxComm {
             worker,
             peers,
             failed,
+            watch,
             outgoing: rx,
             mailbox: Arc::clone(&mailbox),
             pool: Arc::clone(&pool),

@@ -5,6 +5,7 @@
 
 use super::{
     ffi::{Endpoint, Iov, Request, Started, UcxStatus, Worker},
+    process::{Identity, PROCESS_WATCH},
     Outgoing,
 };
 use crate::{
@@ -37,6 +38,8 @@ pub(super) struct State {
     pub(super) peers: Vec<Option<Endpoint>>,
     /// UCX's failure status per peer endpoint (0 while healthy).
     pub(super) failed: Box<[AtomicI32]>,
+    /// The processes of peers on this host, reached over shared memory.
+    pub(super) watch: Vec<Option<Identity>>,
     pub(super) outgoing: mpsc::Receiver<Outgoing>,
     pub(super) mailbox: Arc<Mailbox>,
     pub(super) pool: Arc<BufferPool>,
@@ -76,6 +79,7 @@ impl State {
         let mut receiving: Vec<Receiving> = Vec::new();
         let mut reported = vec![false; self.peers.len()];
         let mut idle = 0u32;
+        let mut watched = Instant::now();
         loop {
             let mut busy = false;
             while let Ok(out) = self.outgoing.try_recv() {
@@ -111,6 +115,10 @@ impl State {
             }
             busy |= sending.len() + receiving.len() != before;
             self.report_failures(&mut reported);
+            if watched.elapsed() >= PROCESS_WATCH {
+                watched = Instant::now();
+                self.watch_processes(&mut reported);
+            }
             if self.closing.load(Ordering::SeqCst) {
                 break;
             }
@@ -119,9 +127,13 @@ impl State {
             } else if idle < SPIN_ROUNDS {
                 idle += 1;
                 std::hint::spin_loop();
+            } else if !(sending.is_empty() && receiving.is_empty()) {
+                // Requests in flight: give the core away (to the peer
+                // that must answer, when ranks outnumber cores) and
+                // come back at once.
+                thread::yield_now();
             } else {
-                let in_flight = !(sending.is_empty() && receiving.is_empty());
-                self.worker.wait(if in_flight { 1 } else { 50 });
+                self.worker.wait(PROCESS_WATCH.as_millis() as i32);
                 idle = 0;
             }
         }
@@ -257,6 +269,20 @@ impl State {
                 self.mailbox.mark_lost(
                     peer,
                     format!("rank {peer}'s endpoint failed: {}", UcxStatus(status)),
+                );
+            }
+        }
+    }
+
+    /// Fails the peers on this host whose process has exited.
+    fn watch_processes(&self, reported: &mut [bool]) {
+        for (peer, who) in self.watch.iter().enumerate() {
+            let Some(who) = who else { continue };
+            if !reported[peer] && !who.alive() {
+                reported[peer] = true;
+                self.mailbox.mark_lost(
+                    peer,
+                    format!("rank {peer} (process {} on this host) exited", who.pid),
                 );
             }
         }
