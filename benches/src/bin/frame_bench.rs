@@ -9,7 +9,16 @@
 //! benches/peers/setup.sh        # once: the peers into .venv-bench (PyPI)
 //! cargo run --release -p deeprc-benches --bin frame_bench             # 10M rows, 3 rounds
 //! cargo run --release -p deeprc-benches --bin frame_bench -- --rows 1000000 --rounds 1 --peers duckdb,polars
+//! # 3 ranks on one host and on 3 hosts of the namespace Slurm cluster (srun), tcp and UCX:
+//! cargo build --release -p deeprc-benches --features ucx --bin frame_bench
+//! (cd target/hosts-bench && ../release/frame_bench --hosts --cases join,sort)
 //! ```
+//!
+//! With `--hosts` the configurations are 3 process ranks on this host and 3
+//! ranks on 3 nodes of `scripts/netns-slurm.sh up 3 4` started by `srun`
+//! (each rank finds its place from Slurm's variables), over tcp and, with
+//! the `ucx` feature, UCX; no peers. Run it from a folder every node sees
+//! (not /tmp).
 //!
 //! Tables L and R: `key` int64 uniform in [0, 10M) (so the join is about
 //! 1:1) and four f64 columns `v0..v3`, generated from a counter hash, so
@@ -207,6 +216,8 @@ fn child(args: &[String]) {
             let comm = TcpComm::from_env().unwrap();
             run_rank(Arc::new(comm), &case, rows, reps).unwrap()
         }
+        // Started by srun or with DEEPRC_BACKEND set: whatever it names.
+        "env" => run_rank(deeprc_comm::from_env().unwrap(), &case, rows, reps).unwrap(),
         _ => unreachable!(),
     };
     let ts: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
@@ -246,6 +257,65 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
     };
+    if let Some(b) = backend.strip_prefix("hosts-") {
+        // One rank per node of the namespace cluster, started by srun.
+        let mut c = Command::new("srun");
+        c.args(["-N", &ranks.to_string(), "--ntasks-per-node=1", "-t", "20"])
+            .arg(&exe);
+        base(&mut c);
+        let args: Vec<String> = c
+            .get_args()
+            .map(|a| a.to_string_lossy().replace(backend, "env"))
+            .collect();
+        let mut c = Command::new("srun");
+        c.args(args)
+            .env("DEEPRC_BACKEND", b)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let out = c.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let results: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("RESULT "))
+            .filter_map(parse)
+            .collect();
+        assert_eq!(results.len(), ranks, "srun {backend}: {text}");
+        return combine(&results);
+    }
+    if let Some(b) = backend.strip_prefix("local-") {
+        let dir = std::env::temp_dir().join(format!("frame-bench-{}-{case}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kids: Vec<_> = (0..ranks)
+            .map(|r| {
+                let mut c = Command::new(&exe);
+                base(&mut c);
+                let args: Vec<String> = c
+                    .get_args()
+                    .map(|a| a.to_string_lossy().replace(backend, "env"))
+                    .collect();
+                let mut c = Command::new(&exe);
+                c.args(args)
+                    .env("DEEPRC_BACKEND", b)
+                    .env("DEEPRC_RANK", r.to_string())
+                    .env("DEEPRC_WORLD_SIZE", ranks.to_string())
+                    .env("DEEPRC_STORE", dir.display().to_string())
+                    .env("DEEPRC_TOKEN", "frame-bench-token-0123456789")
+                    .stdout(Stdio::piped());
+                c.spawn().unwrap()
+            })
+            .collect();
+        let results: Vec<_> = kids
+            .into_iter()
+            .map(|k| {
+                parse(&String::from_utf8_lossy(
+                    &k.wait_with_output().unwrap().stdout,
+                ))
+                .expect("rank result")
+            })
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        return combine(&results);
+    }
     if backend != "tcp" {
         let mut c = Command::new(&exe);
         base(&mut c);
@@ -281,6 +351,12 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
         })
         .collect();
     let _ = std::fs::remove_dir_all(&dir);
+    combine(&results)
+}
+
+/// The outcome of a run whose ranks each printed a result: the slowest
+/// rank's time per repetition, the sum of their peak RSS.
+fn combine(results: &[(Vec<f64>, u64, u64)]) -> Outcome {
     let times = (0..results[0].0.len())
         .map(|i| results.iter().map(|r| r.0[i]).fold(0.0, f64::max))
         .collect();
@@ -376,10 +452,11 @@ fn main() {
         .map_or(3, |v| v.parse().unwrap());
     let cases = arg(&args, "--cases").unwrap_or_else(|| "join,sort,groupby,groupby4".into());
     let wanted = arg(&args, "--peers").unwrap_or_else(|| "all".into());
+    let hosts = args.iter().any(|a| a == "--hosts");
     let peers: Vec<(&str, &str)> = PEERS
         .iter()
         .copied()
-        .filter(|(t, _)| wanted == "all" || wanted.split(',').any(|w| w == *t))
+        .filter(|(t, _)| !hosts && (wanted == "all" || wanted.split(',').any(|w| w == *t)))
         .collect();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut configs: Vec<(String, Runner)> = vec![
@@ -405,6 +482,31 @@ fn main() {
         ),
     ];
     configs.extend(peers.iter().map(|(t, l)| (l.to_string(), Runner::Peer(t))));
+    if hosts {
+        configs.truncate(1); // DataFusion (Rust), the ratios' base
+        configs.push((
+            "deeprc 1 thread rank".into(),
+            Runner::Ours("threads", 1, rows),
+        ));
+        let mut backends = vec!["tcp"];
+        if cfg!(feature = "ucx") {
+            backends.push("ucx");
+        }
+        for b in backends {
+            let (local, hosts): (&'static str, &'static str) = match b {
+                "tcp" => ("local-tcp", "hosts-tcp"),
+                _ => ("local-ucx", "hosts-ucx"),
+            };
+            configs.push((
+                format!("deeprc 3 {b} ranks, one host"),
+                Runner::Ours(local, 3, rows),
+            ));
+            configs.push((
+                format!("deeprc 3 {b} ranks, 3 namespace hosts (srun)"),
+                Runner::Ours(hosts, 3, rows),
+            ));
+        }
+    }
     let data = if peers.is_empty() {
         None
     } else {
