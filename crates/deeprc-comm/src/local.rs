@@ -138,7 +138,9 @@ pub fn create(n: usize, config: CommConfig) -> Result<Vec<LocalComm>> {
         ));
     }
     let hub = Arc::new(Hub {
-        mailboxes: (0..n).map(|_| Mailbox::default()).collect(),
+        mailboxes: (0..n)
+            .map(|_| Mailbox::polling(crate::mailbox::THREAD_SPIN))
+            .collect(),
         departed: (0..n).map(|_| AtomicBool::new(false)).collect(),
         config,
         pool: BufferPool::new(POOL_BYTES),

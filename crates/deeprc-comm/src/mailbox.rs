@@ -65,11 +65,25 @@ impl State {
     }
 }
 
+/// How long a receiver of thread ranks polls for a message before it
+/// sleeps on the condition variable ([`Mailbox::polling`]): a message that
+/// arrives within it skips a futex sleep and wake-up. `comm_bench`'s
+/// ping-pong between 2 thread ranks: 32 us one way without, 0.4 us with.
+/// Process backends do not poll: there the receiver's spinning took the
+/// core from the thread that reads the socket (tcp 44-66 us against 40,
+/// ucx 48-84 us against 17, on 2 cores).
+pub(crate) const THREAD_SPIN: Duration = Duration::from_micros(30);
+
 /// Incoming messages of one rank.
 #[derive(Default)]
 pub(crate) struct Mailbox {
     state: Mutex<State>,
     arrived: Condvar,
+    /// Messages pushed and peers lost so far: what a polling receiver
+    /// watches without the lock.
+    events: std::sync::atomic::AtomicU64,
+    /// How long a receiver polls before it sleeps.
+    spin: Duration,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -79,6 +93,14 @@ impl std::fmt::Debug for Mailbox {
 }
 
 impl Mailbox {
+    /// A mailbox whose receivers poll for `spin` before they sleep.
+    pub(crate) fn polling(spin: Duration) -> Self {
+        Self {
+            spin,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -90,6 +112,8 @@ impl Mailbox {
             .entry((src, key))
             .or_default()
             .push_back(payload);
+        self.events
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.arrived.notify_all();
     }
 
@@ -103,6 +127,8 @@ impl Mailbox {
             state.losses += 1;
         }
         drop(state);
+        self.events
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.arrived.notify_all();
     }
 
@@ -128,8 +154,10 @@ impl Mailbox {
         key: Key,
         timeout: Duration,
     ) -> Result<Payload> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let mut state = self.lock();
+        let mut spun = self.spin.is_zero();
         loop {
             if let Some(q) = state.queues.get_mut(&(src, key)) {
                 if let Some(p) = q.pop_front() {
@@ -153,6 +181,19 @@ impl Mailbox {
                     peer: src,
                     after: timeout,
                 });
+            }
+            if !spun {
+                // Poll (without the lock) for a little while first.
+                spun = true;
+                let seen = self.events.load(std::sync::atomic::Ordering::Acquire);
+                drop(state);
+                while self.events.load(std::sync::atomic::Ordering::Acquire) == seen
+                    && start.elapsed() < self.spin
+                {
+                    std::hint::spin_loop();
+                }
+                state = self.lock();
+                continue;
             }
             state = self
                 .arrived
