@@ -180,7 +180,16 @@ fn slurm_store(env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
 /// The address of Slurm node `name`: by name if it resolves, else the
 /// `NodeAddr` that `scontrol show node` reports (clusters whose node
 /// names are not in DNS, as the namespace test cluster's are not).
-fn node_address(name: &str) -> Result<String> {
+///
+/// ```no_run
+/// let addr = deeprc_comm::launcher::node_address("dn1")?; // "10.87.0.11"
+/// # Ok::<(), deeprc_comm::CommError>(())
+/// ```
+///
+/// # Errors
+/// [`CommError::Config`] when the name neither resolves nor has a
+/// `NodeAddr`; [`CommError::Io`] when `scontrol` cannot run.
+pub fn node_address(name: &str) -> Result<String> {
     if (name, 0u16)
         .to_socket_addrs()
         .is_ok_and(|mut a| a.next().is_some())

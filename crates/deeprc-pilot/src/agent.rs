@@ -807,6 +807,15 @@ impl Agent {
             })?;
         }
         let attempt = run.attempt;
+        if self.pilot.remote_nodes && launch != FunctionLaunch::Mpirun {
+            // Its nodes are not this machine: every rank is a worker
+            // process that srun starts on its node.
+            run.route = Route::Procs;
+            let placement = Arc::clone(&run.placement);
+            return self
+                .launch_remote_function(t, attempt, &placement, sandbox.map(Path::to_path_buf))
+                .map(|()| true);
+        }
         match launch {
             FunctionLaunch::Threads => {
                 run.route = Route::Threads;
@@ -948,59 +957,118 @@ impl Agent {
         }
         #[cfg(feature = "mpi")]
         {
-            let TaskKind::Function(f) = &t.desc.kind else {
-                return Err(FailReason::Launch("not a function task".into()));
-            };
-            let dir = sandbox.unwrap_or_else(|| self.pilot.sandbox.join(t.id.to_string()));
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| FailReason::Launch(format!("creating {}: {e}", dir.display())))?;
-            let spec_file = dir.join("mpi-task.bin");
-            crate::worker::write_mpi_task(
-                &spec_file,
-                t.id.0,
-                attempt,
-                placement.ranks.len(),
-                &f.name,
-                &f.args,
-                &dir,
-            )
-            .map_err(|e| FailReason::Launch(format!("writing {}: {e}", spec_file.display())))?;
-            let exe = self.pilot.worker_exe.display().to_string();
-            let argv = vec![exe];
-            let env = vec![
-                ("DEEPRC_PILOT_WORKER".to_string(), "mpi".to_string()),
-                (
-                    "DEEPRC_PILOT_TASK_FILE".to_string(),
-                    spec_file.display().to_string(),
-                ),
-                (
-                    crate::launch::pool::ENV_MAX_FRAME.to_string(),
-                    self.pilot.desc.max_message_bytes.to_string(),
-                ),
-            ];
-            let specs = self.commands(
-                "mpirun",
-                &LaunchRequest {
-                    task: t.id,
-                    argv: &argv,
-                    env: &env,
-                    placement,
-                    nodes: &self.pilot.nodes,
-                    comm: None,
-                },
-            )?;
-            self.procs.launch(SpawnJob {
-                task: t.id,
-                attempt,
-                specs,
-                cwd: dir.clone(),
-                sandbox: dir,
-                pre_exec: Vec::new(),
-                mpi_results: Some((placement.ranks.len(), self.pilot.desc.max_message_bytes)),
-                rank_nodes: crate::launch::process::rank_nodes(placement),
-            })?;
-            Ok(())
+            self.launch_by_launcher(t, attempt, placement, sandbox, "mpirun", "mpi", Vec::new())
         }
+    }
+
+    /// A function task of a pilot whose nodes are not this machine (a
+    /// Slurm job): one `srun` (the pilot's `fork` launch method, no MPI)
+    /// starts one worker per rank on its node; the ranks meet in a tcp
+    /// store that rank 0 serves on its node, with a fresh token.
+    fn launch_remote_function(
+        &mut self,
+        t: &Arc<TaskShared>,
+        attempt: u32,
+        placement: &Arc<Placement>,
+        sandbox: Option<PathBuf>,
+    ) -> std::result::Result<(), FailReason> {
+        let first = placement
+            .ranks
+            .first()
+            .and_then(|r| self.pilot.nodes.get(r.node))
+            .ok_or_else(|| FailReason::Launch("the task has no rank".into()))?;
+        let addr = deeprc_comm::launcher::node_address(&first.name)
+            .map_err(|e| FailReason::Launch(format!("the address of node {}: {e}", first.name)))?;
+        // A port per task and attempt, so that concurrent tasks whose rank
+        // 0 shares a node do not collide.
+        let port = 20_000 + (t.id.0.wrapping_mul(7) + u64::from(attempt)) % 20_000;
+        let c = &self.pilot.desc.comm_config;
+        let env = vec![
+            ("DEEPRC_BACKEND".to_string(), "tcp".to_string()),
+            ("DEEPRC_STORE".to_string(), format!("{addr}:{port}")),
+            ("DEEPRC_TOKEN".to_string(), sys::random_token()),
+            (
+                "DEEPRC_TIMEOUT_MS".to_string(),
+                c.timeout.as_millis().to_string(),
+            ),
+            (
+                "DEEPRC_CONNECT_TIMEOUT_MS".to_string(),
+                c.connect_timeout.as_millis().to_string(),
+            ),
+            (
+                "DEEPRC_MAX_FRAME_BYTES".to_string(),
+                c.max_frame_bytes.to_string(),
+            ),
+        ];
+        self.launch_by_launcher(t, attempt, placement, sandbox, "fork", "srun", env)
+    }
+
+    /// Starts a function task's ranks as worker processes in `mode`
+    /// through the launch method `method` (one command for all ranks);
+    /// each rank writes its result into the sandbox.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_by_launcher(
+        &mut self,
+        t: &Arc<TaskShared>,
+        attempt: u32,
+        placement: &Arc<Placement>,
+        sandbox: Option<PathBuf>,
+        method: &str,
+        mode: &str,
+        mut env: Vec<(String, String)>,
+    ) -> std::result::Result<(), FailReason> {
+        let TaskKind::Function(f) = &t.desc.kind else {
+            return Err(FailReason::Launch("not a function task".into()));
+        };
+        let dir = sandbox.unwrap_or_else(|| self.pilot.sandbox.join(t.id.to_string()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| FailReason::Launch(format!("creating {}: {e}", dir.display())))?;
+        let spec_file = dir.join("launched-task.bin");
+        crate::worker::write_mpi_task(
+            &spec_file,
+            t.id.0,
+            attempt,
+            placement.ranks.len(),
+            &f.name,
+            &f.args,
+            &dir,
+        )
+        .map_err(|e| FailReason::Launch(format!("writing {}: {e}", spec_file.display())))?;
+        let exe = self.pilot.worker_exe.display().to_string();
+        let argv = vec![exe];
+        env.extend([
+            ("DEEPRC_PILOT_WORKER".to_string(), mode.to_string()),
+            (
+                "DEEPRC_PILOT_TASK_FILE".to_string(),
+                spec_file.display().to_string(),
+            ),
+            (
+                crate::launch::pool::ENV_MAX_FRAME.to_string(),
+                self.pilot.desc.max_message_bytes.to_string(),
+            ),
+        ]);
+        let specs = self.commands(
+            method,
+            &LaunchRequest {
+                task: t.id,
+                argv: &argv,
+                env: &env,
+                placement,
+                nodes: &self.pilot.nodes,
+                comm: None,
+            },
+        )?;
+        self.procs.launch(SpawnJob {
+            task: t.id,
+            attempt,
+            specs,
+            cwd: dir.clone(),
+            sandbox: dir,
+            pre_exec: Vec::new(),
+            mpi_results: Some((placement.ranks.len(), self.pilot.desc.max_message_bytes)),
+            rank_nodes: crate::launch::process::rank_nodes(placement),
+        })?;
+        Ok(())
     }
 
     // ----- completion ------------------------------------------------------

@@ -528,7 +528,8 @@ pub(crate) struct PilotShared {
     pub(crate) provider: Arc<dyn ResourceProvider>,
     /// The provider's id of its allocation (a Slurm job id).
     pub(crate) allocation_id: Option<String>,
-    /// Its nodes are not this machine (no function tasks).
+    /// Its nodes are not this machine: function tasks run as worker
+    /// processes that srun starts on their nodes.
     pub(crate) remote_nodes: bool,
     /// Why its provider ended it (`Pilot::end_reason`).
     pub(crate) end_reason: Mutex<Option<String>>,
@@ -1236,15 +1237,6 @@ fn prepare(
     for k in 0..pilots.len() {
         let i = (start + k) % pilots.len();
         let p = &pilots[i];
-        if p.remote_nodes && matches!(d.kind, TaskKind::Function(_)) {
-            unavailable.get_or_insert(format!(
-                "pilot {}'s nodes are not this machine (Slurm job {}): function tasks need \
-                 the per-node agent, which is not built yet; executables run there (srun)",
-                p.id,
-                p.allocation_id.as_deref().unwrap_or("?")
-            ));
-            continue;
-        }
         if let Some(f) = wire_args {
             let limit = p
                 .desc

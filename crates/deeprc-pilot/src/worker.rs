@@ -33,6 +33,11 @@
 //! - `mpi`: one rank of a function task under `mpirun` (cargo feature
 //!   `mpi`): the communicator is `MPI_COMM_WORLD`; each rank writes its
 //!   result into the task's sandbox.
+//! - `srun`: one rank of a function task of a Slurm pilot, started by
+//!   `srun` on its node: the communicator is `deeprc_comm::from_env()`
+//!   (tcp, with the rank from `SLURM_PROCID` and the store and token the
+//!   agent set); each rank writes its result into the task's sandbox,
+//!   which every node sees.
 
 use crate::{
     launch::{
@@ -74,6 +79,9 @@ pub fn run_if_worker(registry: &Registry) {
     let code = match mode.as_str() {
         "pool" => pool_main(registry),
         "mpi" => mpi_main(registry),
+        "srun" => launched_main(registry, &|| {
+            deeprc_comm::from_env().map_err(|e| format!("the task's communicator: {e}"))
+        }),
         other => {
             eprintln!("deeprc-pilot worker: unknown mode {other:?} in {ENV_MODE}");
             2
@@ -349,8 +357,8 @@ pub(crate) fn read_mpi_result(dir: &Path, rank: usize, max_frame: u64) -> Option
     }
 }
 
-/// Writes the description of a function task for its `mpi`-mode ranks.
-#[cfg(feature = "mpi")]
+/// Writes the description of a function task for its `mpi`- or
+/// `srun`-mode ranks.
 pub(crate) fn write_mpi_task(
     path: &Path,
     task: u64,
@@ -381,6 +389,21 @@ pub(crate) fn write_mpi_task(
 
 #[cfg(feature = "mpi")]
 fn mpi_main(registry: &Registry) -> i32 {
+    launched_main(registry, &|| {
+        deeprc_comm::mpi::MpiComm::world()
+            .map(|c| Arc::new(c) as Arc<dyn Communicator>)
+            .map_err(|e| format!("MPI: {e}"))
+    })
+}
+
+/// One rank of a function task whose processes a launcher started
+/// (`mpirun`, `srun`): reads the task from `DEEPRC_PILOT_TASK_FILE`,
+/// builds the communicator with `comm`, runs the function and writes the
+/// result into the task's sandbox.
+fn launched_main(
+    registry: &Registry,
+    comm: &dyn Fn() -> Result<Arc<dyn Communicator>, String>,
+) -> i32 {
     let Ok(file) = std::env::var("DEEPRC_PILOT_TASK_FILE") else {
         eprintln!("deeprc-pilot worker: DEEPRC_PILOT_TASK_FILE is not set");
         return 2;
@@ -413,10 +436,10 @@ fn mpi_main(registry: &Registry) -> i32 {
         }
     };
     let t0 = Instant::now();
-    let comm: Arc<dyn Communicator> = match deeprc_comm::mpi::MpiComm::world() {
-        Ok(c) => Arc::new(c),
+    let comm = match comm() {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("deeprc-pilot worker: MPI: {e}");
+            eprintln!("deeprc-pilot worker: {e}");
             return 5;
         }
     };

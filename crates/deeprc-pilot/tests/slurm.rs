@@ -10,7 +10,7 @@
 
 use deeprc_pilot::{
     slurm::{SlurmJob, SlurmProvider},
-    FailReason, Pilot, PilotDescription, PilotError, PilotState, Registry, Session,
+    FailReason, FunctionLaunch, Pilot, PilotDescription, PilotError, PilotState, Session,
     TaskDescription, TaskState,
 };
 use std::{
@@ -23,11 +23,16 @@ use std::{
 
 #[path = "../../deeprc-comm/tests/common/cluster.rs"]
 mod cluster;
+#[allow(dead_code)]
+#[path = "common/functions.rs"]
+mod functions;
 
 use cluster::{cluster, scratch, NODES};
 
 fn session(dir: &Path) -> (Session, Arc<SlurmProvider>) {
-    let mut registry = Registry::new();
+    // The test host binary (the pilots' worker executable) registers the
+    // same functions.
+    let mut registry = functions::registry();
     registry.register("noop", |_ctx, _args| Ok::<_, String>(Vec::new()));
     let session = Session::builder()
         .registry(registry)
@@ -57,6 +62,23 @@ fn placed_nodes(pilot: &Pilot, task: &deeprc_pilot::Task) -> Vec<String> {
         .iter()
         .map(|r| pilot.nodes()[r.node].name.clone())
         .collect()
+}
+
+/// Every rank of `task` (function `allreduce_where`) summed 1 + 2 + 3 + 4
+/// over `backend` on the node it was placed on, and the ranks covered 2
+/// nodes.
+fn check_spanning(pilot: &Pilot, task: &deeprc_pilot::Task, backend: &str) {
+    let placed = placed_nodes(pilot, task);
+    let outs = task.outputs();
+    assert_eq!(outs.len(), 4);
+    let mut hosts = BTreeSet::new();
+    for o in &outs {
+        let (rank, sum, host, b): (usize, f64, String, String) = serde_json::from_slice(o).unwrap();
+        assert_eq!((sum, b.as_str()), (10.0, backend), "rank {rank}");
+        assert_eq!(host, placed[rank], "rank {rank} ran where it was placed");
+        hosts.insert(host);
+    }
+    assert_eq!(hosts.len(), 2, "{backend} ranks on two hosts: {hosts:?}");
 }
 
 /// A tiny MPI program: each rank all-reduces rank + 1 and prints where it
@@ -103,7 +125,8 @@ int main(int argc, char **argv) {
 
 /// An sbatch pilot: ACTIVE on two nodes, `hostname` tasks on both, ranks of
 /// one task on the nodes they were placed on, an MPI all-reduce across the
-/// nodes, function tasks refused, one `squeue` per poll for two pilots, and
+/// nodes, function tasks of 4 ranks across the nodes over tcp and MPI, one
+/// `squeue` per poll for two pilots, and
 /// a clean cancel.
 #[test]
 fn sbatch_pilot_runs_tasks_across_nodes() {
@@ -122,7 +145,12 @@ fn sbatch_pilot_runs_tasks_across_nodes() {
     };
     // Two pilots submitted together: their jobs are polled together.
     let (big, small) = std::thread::scope(|s| {
-        let a = s.spawn(|| pmgr.submit(PilotDescription::slurm(job("sbatch", 2, 2))));
+        let a = s.spawn(|| {
+            pmgr.submit(
+                PilotDescription::slurm(job("sbatch", 2, 2))
+                    .worker_executable(env!("CARGO_BIN_EXE_deeprc-pilot-test-host")),
+            )
+        });
         let b = s.spawn(|| pmgr.submit(PilotDescription::slurm(job("small", 1, 1))));
         (a.join().unwrap(), b.join().unwrap())
     });
@@ -227,11 +255,57 @@ fn sbatch_pilot_runs_tasks_across_nodes() {
     assert_eq!(bad.wait(), TaskState::Failed);
     assert_eq!(bad.reason(), Some(FailReason::ExitCode(3)));
 
-    // Function tasks need the per-node agent: refused, saying so.
-    let err = tmgr.submit(TaskDescription::function("noop")).unwrap_err();
+    // A function task whose 4 ranks span the 2 nodes all-reduces over tcp:
+    // srun starts a worker per rank on its node, rank 0 serves the store.
+    // (Thread launches keep their ranks on one node.)
+    let spanning = tmgr
+        .submit(
+            TaskDescription::function("allreduce_where")
+                .ranks(4)
+                .function_launch(FunctionLaunch::Processes)
+                .try_args(&())
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(
+        spanning.wait(),
+        TaskState::Done,
+        "{:?} {:?}",
+        spanning.reason(),
+        spanning.stderr_tail()
+    );
+    check_spanning(&big, &spanning, "tcp");
+    // And over MPI, the same function under the pilot's `mpirun` (srun
+    // --mpi=pmix).
+    #[cfg(feature = "mpi")]
+    {
+        let mpi_task = tmgr
+            .submit(
+                TaskDescription::function("allreduce_where")
+                    .ranks(4)
+                    .mpirun()
+                    .try_args(&())
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(
+            mpi_task.wait(),
+            TaskState::Done,
+            "{:?} {:?}",
+            mpi_task.reason(),
+            mpi_task.stderr_tail()
+        );
+        check_spanning(&big, &mpi_task, "mpi");
+    }
+    // A function that fails fails its task with the function's reason.
+    let failing = tmgr
+        .submit(TaskDescription::function("fail").ranks(2))
+        .unwrap();
+    assert_eq!(failing.wait(), TaskState::Failed);
     assert!(
-        matches!(&err, PilotError::LauncherUnavailable { reason, .. } if reason.contains("per-node agent")),
-        "{err}"
+        format!("{:?}", failing.reason()).contains("the function said no"),
+        "{:?}",
+        failing.reason()
     );
 
     // The small pilot works on its own node.
@@ -252,8 +326,9 @@ fn sbatch_pilot_runs_tasks_across_nodes() {
     );
     let small_job = small.allocation().unwrap().to_string();
     let summary = session.close().unwrap();
-    assert_eq!(summary.done, 4 + 1 + 1 + 1);
-    assert_eq!(summary.failed, 1);
+    let function_tasks = if cfg!(feature = "mpi") { 2 } else { 1 };
+    assert_eq!(summary.done, 4 + 1 + 1 + function_tasks + 1);
+    assert_eq!(summary.failed, 2);
     let st = job_state(&small_job);
     assert!(
         st.is_empty() || st == "CANCELLED" || st == "COMPLETING",

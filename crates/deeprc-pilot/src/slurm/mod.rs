@@ -32,9 +32,13 @@
 //! - Executables run with [`Srun`]: one job step per task, each rank on the
 //!   node the pilot's scheduler placed it on.
 //!
-//! Not yet (issue 10): an agent per node (function tasks are refused on
-//! Slurm pilots; every task costs one `srun`), the TCP control plane, and
-//! node faults beyond the job's own end.
+//! - Function tasks run as worker processes that one `srun` starts on
+//!   their ranks' nodes, with a tcp communicator across the nodes (or MPI
+//!   under the pilot's `mpirun`); see docs/pilot-slurm.md.
+//!
+//! Not yet (issue 10): an agent per node (every task costs one `srun`; no
+//! worker pools or thread ranks there), the TCP control plane, and node
+//! faults beyond the job's own end.
 
 mod cli;
 mod provider;

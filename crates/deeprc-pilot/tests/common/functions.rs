@@ -108,6 +108,20 @@ pub(crate) fn registry() -> Registry {
         comm.all_reduce(&mut v, ReduceOp::Sum).map_err(comm_err)?;
         Ok((v[0], ctx.comm_setup_time().as_nanos() as u64))
     });
+    // The all-reduce above, with the host the rank ran on and the
+    // communicator's backend (tasks of Slurm pilots span hosts).
+    r.register_typed("allreduce_where", |ctx: &TaskContext, _: ()| {
+        let comm = ctx.comm().map_err(comm_err)?;
+        let mut v = vec![(ctx.rank() + 1) as f64; 1 << 16];
+        comm.all_reduce(&mut v, ReduceOp::Sum).map_err(comm_err)?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        Ok::<_, String>((
+            ctx.rank(),
+            v[0],
+            host.trim().to_string(),
+            comm.backend().to_string(),
+        ))
+    });
     // Fails on its first attempt, succeeds on the next.
     r.register_typed("flaky", |ctx: &TaskContext, _: ()| {
         if ctx.attempt() == 0 {
