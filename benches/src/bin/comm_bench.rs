@@ -29,7 +29,8 @@
 //! holds a 32 MiB send buffer, split evenly over the ranks (itself included).
 //! The all-reduce is the exception: a 64 MiB all-reduce reduces a 64 MiB
 //! buffer of f32 on every rank (the size of the gradients), and its
-//! bandwidth is 64 MiB over the time. Times are the slowest rank's, median
+//! bandwidth is 64 MiB over the time (1 GiB too, up to 4 ranks, unless
+//! `--all-reduce-only`). Times are the slowest rank's, median
 //! over repetitions. memcpy is measured at the start and at the end of the
 //! run (the machine may be shared); the ratios use the start figure.
 
@@ -154,22 +155,31 @@ fn run_ops(
         bytes: 8,
         secs,
     });
-    let mut big_buf = vec![1.0f32; 64 * MIB / 4];
-    let reps = 7;
-    let secs = timed(comm, reps, || comm.all_reduce(&mut big_buf, ReduceOp::Sum))?;
-    // Every element is n^(reps + 1) (exact in f32): the result is right.
-    let want = (n as f32).powi(reps as i32 + 1);
-    if big_buf.iter().any(|&x| x.to_bits() != want.to_bits()) {
-        return Err(CommError::InvalidArgument {
-            op: "comm_bench",
-            reason: format!("64 MiB all-reduce: wrong result, want {want} everywhere"),
+    let mut reduce_sizes = vec![64 * MIB];
+    if big && !all_reduce_only {
+        reduce_sizes.push(1024 * MIB);
+    }
+    for bytes in reduce_sizes {
+        let mut buf = vec![1.0f32; bytes / 4];
+        let reps = if bytes > 256 * MIB { 3 } else { 7 };
+        let secs = timed(comm, reps, || comm.all_reduce(&mut buf, ReduceOp::Sum))?;
+        // Every element is n^(reps + 1) (exact in f32): the result is right.
+        let want = (n as f32).powi(reps as i32 + 1);
+        if buf.iter().any(|&x| x.to_bits() != want.to_bits()) {
+            return Err(CommError::InvalidArgument {
+                op: "comm_bench",
+                reason: format!(
+                    "{} all-reduce: wrong result, want {want} everywhere",
+                    fmt_bytes(bytes)
+                ),
+            });
+        }
+        rows.push(Row {
+            op: "all_reduce",
+            bytes,
+            secs,
         });
     }
-    rows.push(Row {
-        op: "all_reduce",
-        bytes: 64 * MIB,
-        secs,
-    });
     Ok(rows)
 }
 
@@ -380,12 +390,13 @@ fn tcp_threads_create_time(n: usize) -> f64 {
     e
 }
 
-/// MPICH's own `MPI_Allreduce` of 64 MiB of f32 in place on `n` ranks,
+/// MPICH's own `MPI_Allreduce` of `bytes` of f32 in place on `n` ranks,
 /// timed by the C program `prog` (see `benches/comm_bench.sh`).
-fn mpi_c_all_reduce(prog: &str, n: usize) -> Option<Row> {
+fn mpi_c_all_reduce(prog: &str, n: usize, bytes: usize) -> Option<Row> {
     let mpiexec = std::env::var("DEEPRC_BENCH_MPIEXEC").unwrap_or("mpirun".into());
+    let reps = if bytes > 256 * MIB { "3" } else { "7" };
     let out = Command::new(mpiexec)
-        .args(["-n", &n.to_string(), prog, &(64 * MIB).to_string(), "7"])
+        .args(["-n", &n.to_string(), prog, &bytes.to_string(), reps])
         .stderr(Stdio::inherit())
         .output()
         .ok()?;
@@ -502,9 +513,15 @@ fn main() {
     }
     if let Some(prog) = &mpi_c {
         for &n in &opts.ranks {
-            match mpi_c_all_reduce(prog, n) {
-                Some(row) => print_rows("mpich-c", n, &[row], memcpy),
-                None => println!("| mpich-c | {n} | all_reduce | (the C program failed) |"),
+            let mut sizes = vec![64 * MIB];
+            if n <= 4 && !opts.all_reduce_only {
+                sizes.push(1024 * MIB);
+            }
+            for bytes in sizes {
+                match mpi_c_all_reduce(prog, n, bytes) {
+                    Some(row) => print_rows("mpich-c", n, &[row], memcpy),
+                    None => println!("| mpich-c | {n} | all_reduce | (the C program failed) |"),
+                }
             }
         }
     }
