@@ -27,7 +27,7 @@ use crate::sampler::{EpochPlan, Sampler, SamplerOptions};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Whether staging buffers are page-locked.
@@ -237,9 +237,7 @@ impl MemoryPool for HostPool {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use deeprc_core::sync::lock;
 
 /// Free buffers of a pool.
 pub(crate) struct Pool<P: MemoryPool> {
@@ -799,11 +797,7 @@ impl<D: Dataset, P: MemoryPool> Shared<D, P> {
             }
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build(k)))
                 .unwrap_or_else(|p| {
-                    let message = p
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "non-string panic".into());
+                    let message = deeprc_core::sync::panic_message(&*p);
                     Err(BridgeError::WorkerPanicked { batch: k, message })
                 });
             lock(&self.state).results.insert(k, result);

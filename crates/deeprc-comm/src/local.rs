@@ -244,12 +244,6 @@ where
     }
 }
 
-/// The text of a panic payload.
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".into())
-}
+pub(crate) use deeprc_core::sync::panic_message;
 
 crate::delegate_communicator!(LocalComm);

@@ -111,7 +111,6 @@ use cudarc::{
     nccl::{Comm, Id, NcclType},
 };
 use std::{
-    any::Any,
     fmt,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{mpsc, Arc, Mutex, OnceLock, PoisonError},
@@ -157,15 +156,7 @@ fn backend_err(message: impl Into<String>) -> CommError {
     }
 }
 
-fn panic_message(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
-}
+use deeprc_core::sync::panic_message;
 
 /// Runs `f`, turning a panic inside cudarc (a library or symbol that cannot
 /// be loaded) into a message.

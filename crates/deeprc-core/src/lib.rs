@@ -28,6 +28,7 @@ pub mod hostlist;
 mod ids;
 mod profile;
 mod resources;
+pub mod sync;
 
 pub use device::Device;
 pub use error::{CoreError, Result};

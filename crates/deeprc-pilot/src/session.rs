@@ -19,15 +19,13 @@ use std::{
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc::{SendError, Sender},
-        Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, RwLock,
+        Arc, Condvar, Mutex, OnceLock, PoisonError, RwLock,
     },
     thread::{JoinHandle, ThreadId},
     time::{Duration, Instant},
 };
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use deeprc_core::sync::lock;
 
 /// A state-change callback: called from the agent's scheduler thread with
 /// the task and the state it just entered (NEW from the submitting

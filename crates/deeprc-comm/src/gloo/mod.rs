@@ -75,7 +75,7 @@ use std::{
     net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, PoisonError,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -253,20 +253,13 @@ impl fmt::Debug for GlooComm {
     }
 }
 
-/// 64-bit FNV-1a of the token: names the job in store keys.
-fn job_hash(token: &str) -> u64 {
-    token.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
+use crate::tcp::job_hash;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use deeprc_core::sync::lock;
 
 fn u64s(bytes: &[u8]) -> Vec<u64> {
     bytes

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use std::{
     collections::{HashMap, VecDeque},
     os::raw::{c_int, c_void},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 
 /// Messages shorter than this are sent whole, copied behind a one-byte
@@ -52,9 +52,7 @@ static NOTHING: [u8; 1] = [0];
 const LARGE_HEADER: usize = 24;
 const ESC_INLINE_HEADER: usize = 8;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use deeprc_core::sync::lock;
 
 /// Posted sends whose buffers MPI may still read.
 #[derive(Debug, Default)]

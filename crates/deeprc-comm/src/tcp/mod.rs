@@ -45,6 +45,8 @@ pub mod fuzzing;
 mod store;
 mod wire;
 
+#[cfg(feature = "gloo")]
+pub(crate) use store::job_hash;
 pub use store::{FileStore, Store, StoreSpec, TcpStore, TcpStoreServer};
 
 use crate::{

@@ -133,15 +133,7 @@ impl ThreadExecutor {
     }
 }
 
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-string payload".to_string()
-    }
-}
+pub(crate) use deeprc_core::sync::panic_message;
 
 fn rank_thread(
     rx: mpsc::Receiver<Job>,

@@ -16,14 +16,12 @@ use std::{
     collections::HashMap,
     fmt,
     path::PathBuf,
-    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Condvar, Mutex, PoisonError},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use deeprc_core::sync::lock;
 
 /// Counts of the calls a [`SlurmProvider`] made to Slurm.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
