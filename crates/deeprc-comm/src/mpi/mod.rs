@@ -18,7 +18,7 @@
 //!
 //! let comm = MpiComm::world()?;
 //! let total = comm.all_reduce_scalar(comm.rank() as u64, ReduceOp::Sum)?;
-//! assert_eq!(total, (0..comm.size() as u64).sum());
+//! assert_eq!(total, (0..comm.size() as u64).sum::<u64>());
 //! # Ok::<(), deeprc_comm::CommError>(())
 //! ```
 //!
