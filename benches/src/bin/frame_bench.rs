@@ -244,8 +244,10 @@ fn parse(stdout: &str) -> Option<(Vec<f64>, u64, u64)> {
 
 fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Outcome {
     let exe = std::env::current_exe().unwrap();
-    let base = |c: &mut Command| {
-        c.args(["--child", "--case", case, "--backend", backend])
+    // The child's arguments; `child_backend` is what the child runs
+    // ("env": the communicator deeprc_comm::from_env() makes).
+    let base = |c: &mut Command, child_backend: &str| {
+        c.args(["--child", "--case", case, "--backend", child_backend])
             .args([
                 "--ranks",
                 &ranks.to_string(),
@@ -262,14 +264,8 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
         let mut c = Command::new("srun");
         c.args(["-N", &ranks.to_string(), "--ntasks-per-node=1", "-t", "20"])
             .arg(&exe);
-        base(&mut c);
-        let args: Vec<String> = c
-            .get_args()
-            .map(|a| a.to_string_lossy().replace(backend, "env"))
-            .collect();
-        let mut c = Command::new("srun");
-        c.args(args)
-            .env("DEEPRC_BACKEND", b)
+        base(&mut c, "env");
+        c.env("DEEPRC_BACKEND", b)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let out = c.output().unwrap();
@@ -288,14 +284,8 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
         let kids: Vec<_> = (0..ranks)
             .map(|r| {
                 let mut c = Command::new(&exe);
-                base(&mut c);
-                let args: Vec<String> = c
-                    .get_args()
-                    .map(|a| a.to_string_lossy().replace(backend, "env"))
-                    .collect();
-                let mut c = Command::new(&exe);
-                c.args(args)
-                    .env("DEEPRC_BACKEND", b)
+                base(&mut c, "env");
+                c.env("DEEPRC_BACKEND", b)
                     .env("DEEPRC_RANK", r.to_string())
                     .env("DEEPRC_WORLD_SIZE", ranks.to_string())
                     .env("DEEPRC_STORE", dir.display().to_string())
@@ -318,7 +308,7 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
     }
     if backend != "tcp" {
         let mut c = Command::new(&exe);
-        base(&mut c);
+        base(&mut c, backend);
         let out = c.output().unwrap();
         let (times, rss, rows) =
             parse(&String::from_utf8_lossy(&out.stdout)).expect("child result");
@@ -333,7 +323,7 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
     let kids: Vec<_> = (0..ranks)
         .map(|r| {
             let mut c = Command::new(&exe);
-            base(&mut c);
+            base(&mut c, backend);
             c.env("DEEPRC_RANK", r.to_string())
                 .env("DEEPRC_WORLD_SIZE", ranks.to_string())
                 .env("DEEPRC_STORE", dir.display().to_string())

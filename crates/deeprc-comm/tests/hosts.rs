@@ -11,7 +11,7 @@ mod cluster;
 mod common;
 
 use deeprc_comm::conformance::{all_reduce_rank_order, odd_lengths, run_all, Sizes};
-use std::{collections::BTreeSet, process::Command, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 const RANKS: usize = 4;
 
@@ -23,37 +23,8 @@ fn across_two_nodes(backend: &str, extra: &[&str], env: &[(&str, &str)]) {
         return;
     }
     let dir = cluster::scratch(&format!("hosts-{backend}"));
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("srun");
-    cmd.args([
-        "-N2",
-        "--ntasks-per-node=2",
-        "-t",
-        "5",
-        "--kill-on-bad-exit=1",
-    ])
-    .args(extra)
-    .arg(&exe)
-    .args([
-        "hosts_rank",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .current_dir(&dir)
-    .env("DEEPRC_BACKEND", backend)
-    .env("DEEPRC_TEST_RANK_PROCESS", "1")
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped());
-    for v in [
-        "DEEPRC_RANK",
-        "DEEPRC_WORLD_SIZE",
-        "DEEPRC_STORE",
-        "DEEPRC_TOKEN",
-    ] {
-        cmd.env_remove(v);
-    }
+    let mut cmd = cluster::srun_self("hosts_rank", RANKS, 2, backend, extra, &dir);
+    cmd.env("DEEPRC_TEST_RANK_PROCESS", "1");
     cmd.envs(env.iter().copied());
     let child = cmd.spawn().expect("srun runs");
     let (code, out, took) = common::wait_output(child, Duration::from_secs(300));

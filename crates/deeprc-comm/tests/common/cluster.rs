@@ -65,6 +65,47 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// `srun` running the ignored test `entry` of this test binary as `ranks`
+/// ranks, `per_node` on each node, in `dir`, with `DEEPRC_BACKEND` set to
+/// `backend` and none of the `DEEPRC_*` placement variables (each rank
+/// finds its place from Slurm's); `extra` goes to srun. Output is piped.
+pub fn srun_self(
+    entry: &str,
+    ranks: usize,
+    per_node: usize,
+    backend: &str,
+    extra: &[&str],
+    dir: &Path,
+) -> Command {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new("srun");
+    cmd.arg(format!("--ntasks={ranks}"))
+        .arg(format!("--ntasks-per-node={per_node}"))
+        .args(["-t", "5", "--kill-on-bad-exit=1"])
+        .args(extra)
+        .arg(&exe)
+        .args([
+            entry,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .current_dir(dir)
+        .env("DEEPRC_BACKEND", backend)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for v in [
+        "DEEPRC_RANK",
+        "DEEPRC_WORLD_SIZE",
+        "DEEPRC_STORE",
+        "DEEPRC_TOKEN",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
 /// This host's name as its UTS namespace says (a node's name under srun).
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -98,36 +98,9 @@ fn across_three_hosts(backend: &str) {
         return;
     }
     let dir = super::cluster::scratch(&format!("frame-hosts-{backend}"));
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new("srun");
-    cmd.args([
-        "-N3",
-        "--ntasks-per-node=1",
-        "-t",
-        "5",
-        "--kill-on-bad-exit=1",
-    ])
-    .arg(&exe)
-    .args([
-        "backends::hosts_rank_process",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .current_dir(&dir)
-    .env("DEEPRC_BACKEND", backend)
-    .env("DEEPRC_FRAME_TEST_RANK", "1")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    for v in [
-        "DEEPRC_RANK",
-        "DEEPRC_WORLD_SIZE",
-        "DEEPRC_STORE",
-        "DEEPRC_TOKEN",
-    ] {
-        cmd.env_remove(v);
-    }
+    let mut cmd =
+        super::cluster::srun_self("backends::hosts_rank_process", 3, 1, backend, &[], &dir);
+    cmd.env("DEEPRC_FRAME_TEST_RANK", "1");
     let out = cmd.output().expect("srun runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
