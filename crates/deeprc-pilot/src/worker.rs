@@ -34,10 +34,10 @@
 //!   `mpi`): the communicator is `MPI_COMM_WORLD`; each rank writes its
 //!   result into the task's sandbox.
 //! - `srun`: one rank of a function task of a Slurm pilot, started by
-//!   `srun` on its node: the communicator is `deeprc_comm::from_env()`
-//!   (tcp, with the rank from `SLURM_PROCID` and the store and token the
-//!   agent set); each rank writes its result into the task's sandbox,
-//!   which every node sees.
+//!   `srun` on its node: the communicator is `TcpComm::from_env()` (the
+//!   rank from `SLURM_PROCID`, the store and token the agent set); each
+//!   rank writes its result into the task's sandbox, which every node
+//!   sees.
 
 use crate::{
     launch::{
@@ -79,8 +79,16 @@ pub fn run_if_worker(registry: &Registry) {
     let code = match mode.as_str() {
         "pool" => pool_main(registry),
         "mpi" => mpi_main(registry),
+        // The agent chose tcp for these ranks. TcpComm, not
+        // deeprc_comm::from_env: from_env reaches GlooComm, whose gloo
+        // symbols a program that also links libtorch resolves from
+        // libtorch_cuda.so (torch exports its bundled gloo), which then
+        // must load with all of CUDA (CI: "libcusparse.so.12: cannot open
+        // shared object file" from the pipelines' worker processes).
         "srun" => launched_main(registry, &|| {
-            deeprc_comm::from_env().map_err(|e| format!("the task's communicator: {e}"))
+            TcpComm::from_env()
+                .map(|c| Arc::new(c) as Arc<dyn Communicator>)
+                .map_err(|e| format!("the task's communicator: {e}"))
         }),
         other => {
             eprintln!("deeprc-pilot worker: unknown mode {other:?} in {ENV_MODE}");
