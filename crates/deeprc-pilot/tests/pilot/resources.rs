@@ -30,7 +30,11 @@ fn executables_report_cpu_time_and_peak_memory() {
         .submit(TaskDescription::executable([
             host.as_str(),
             "alloc-mib",
-            "50",
+            // Far above this test process's own peak (it is the spawner's
+            // peak that a task must exceed to count as its own): with 50
+            // MiB the figure was twice marked `AtMost` while a CI build ran
+            // beside the test.
+            "300",
         ]))
         .unwrap();
     assert_eq!(fin(&burn), TaskState::Done, "{:?}", burn.reason());
@@ -47,8 +51,8 @@ fn executables_report_cpu_time_and_peak_memory() {
         "{b:?}"
     );
     let a = usage(&alloc);
-    println!("alloc 50 MiB: {a:?}");
-    assert!(a.max_rss_kib >= 40 * 1024, "{a:?}");
+    println!("alloc 300 MiB: {a:?}");
+    assert!(a.max_rss_kib >= 250 * 1024, "{a:?}");
     // Above anything this test process held: the task's own.
     assert_eq!(a.rss_scope, RssScope::Task, "{a:?}");
     // A host holding 100 MiB spawns /bin/true: Linux's figure is the
