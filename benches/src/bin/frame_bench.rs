@@ -278,35 +278,10 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
         assert_eq!(results.len(), ranks, "srun {backend}: {text}");
         return combine(&results);
     }
-    if let Some(b) = backend.strip_prefix("local-") {
-        let dir = std::env::temp_dir().join(format!("frame-bench-{}-{case}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kids: Vec<_> = (0..ranks)
-            .map(|r| {
-                let mut c = Command::new(&exe);
-                base(&mut c, "env");
-                c.env("DEEPRC_BACKEND", b)
-                    .env("DEEPRC_RANK", r.to_string())
-                    .env("DEEPRC_WORLD_SIZE", ranks.to_string())
-                    .env("DEEPRC_STORE", dir.display().to_string())
-                    .env("DEEPRC_TOKEN", "frame-bench-token-0123456789")
-                    .stdout(Stdio::piped());
-                c.spawn().unwrap()
-            })
-            .collect();
-        let results: Vec<_> = kids
-            .into_iter()
-            .map(|k| {
-                parse(&String::from_utf8_lossy(
-                    &k.wait_with_output().unwrap().stdout,
-                ))
-                .expect("rank result")
-            })
-            .collect();
-        let _ = std::fs::remove_dir_all(&dir);
-        return combine(&results);
-    }
-    if backend != "tcp" {
+    // Process ranks on this host: tcp as such, or `local-<backend>` through
+    // deeprc_comm::from_env with DEEPRC_BACKEND.
+    let local = backend.strip_prefix("local-");
+    if backend != "tcp" && local.is_none() {
         let mut c = Command::new(&exe);
         base(&mut c, backend);
         let out = c.output().unwrap();
@@ -323,7 +298,10 @@ fn spawn(case: &str, backend: &str, ranks: usize, rows: u64, reps: usize) -> Out
     let kids: Vec<_> = (0..ranks)
         .map(|r| {
             let mut c = Command::new(&exe);
-            base(&mut c, backend);
+            base(&mut c, if local.is_some() { "env" } else { backend });
+            if let Some(b) = local {
+                c.env("DEEPRC_BACKEND", b);
+            }
             c.env("DEEPRC_RANK", r.to_string())
                 .env("DEEPRC_WORLD_SIZE", ranks.to_string())
                 .env("DEEPRC_STORE", dir.display().to_string())
