@@ -59,7 +59,7 @@ use bytes::Bytes;
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicI32, Ordering},
-        mpsc, Arc, Mutex, PoisonError,
+        mpsc, Arc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -150,7 +150,8 @@ struct Endpoint {
     config: CommConfig,
     mailbox: Arc<Mailbox>,
     pool: Arc<BufferPool>,
-    outgoing: Mutex<mpsc::Sender<Outgoing>>,
+    /// `Sender` is `Sync`: callers on any thread queue without a lock.
+    outgoing: mpsc::Sender<Outgoing>,
     waker: ffi::Waker,
     closing: Arc<AtomicBool>,
     progress: Option<JoinHandle<()>>,
@@ -213,11 +214,7 @@ impl Transport for Endpoint {
         let mut head = [0u8; 16];
         head[..8].copy_from_slice(&key.ctx.to_le_bytes());
         head[8..].copy_from_slice(&key.tag.to_le_bytes());
-        let queued = self
-            .outgoing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(Outgoing { dst, head, body });
+        let queued = self.outgoing.send(Outgoing { dst, head, body });
         if queued.is_err() {
             return Err(CommError::PeerLost {
                 op,
@@ -320,7 +317,7 @@ impl UcxComm {
             config: o.config.clone(),
             mailbox,
             pool,
-            outgoing: Mutex::new(tx),
+            outgoing: tx,
             waker,
             closing,
             progress: Some(progress),
