@@ -376,22 +376,8 @@ mod tests {
         DeepArConfig::from_forecast(&ForecastConfig::new(l, h).size(ModelSize::Small))
     }
 
-    /// Noisy sines of period 12 with random phases: windows `[n, l]` and
-    /// their continuations `[n, h]`.
     fn sines(n: i64, l: i64, h: i64) -> (Tensor, Tensor) {
-        let opts = (Kind::Float, Device::Cpu);
-        let t = Tensor::arange(l + h, opts).unsqueeze(0);
-        let phase = Tensor::rand([n, 1], opts) * (2.0 * std::f64::consts::PI);
-        let s = (t * (2.0 * std::f64::consts::PI / 12.0) + phase).sin()
-            + Tensor::randn([n, l + h], opts) * 0.05;
-        (s.narrow(1, 0, l), s.narrow(1, l, h))
-    }
-
-    fn n_params(vs: &nn::VarStore) -> i64 {
-        vs.trainable_variables()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum()
+        crate::testing::noisy_sines(n, l, h, 0.05)
     }
 
     #[test]
@@ -423,17 +409,7 @@ mod tests {
         for likelihood in [Likelihood::Gaussian, Likelihood::StudentT] {
             let vs = nn::VarStore::new(Device::Cpu);
             let m = DeepAr::new(&vs.root(), &small(10, 5).likelihood(likelihood)).expect("builds");
-            let x = Tensor::randn([6, 10], (Kind::Float, Device::Cpu));
-            let y = Tensor::randn([6, 5], (Kind::Float, Device::Cpu));
-            m.loss(&x, &y).backward();
-            for (name, t) in vs.variables() {
-                let g = t.grad();
-                assert!(g.defined(), "{likelihood:?}: {name} has no gradient");
-                assert!(
-                    g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                    "{likelihood:?}: {name} has a zero gradient"
-                );
-            }
+            crate::testing::assert_all_gradients(&vs, &m, 10, 5);
         }
     }
 
@@ -585,7 +561,7 @@ mod tests {
         let count = |cfg: &DeepArConfig| {
             let vs = nn::VarStore::new(Device::Cpu);
             DeepAr::new(&vs.root(), cfg).expect("builds");
-            n_params(&vs)
+            crate::testing::parameter_count(&vs)
         };
         let paper = DeepArConfig::from_forecast(&ForecastConfig::new(96, 96));
         assert_eq!(count(&paper), 199_426);

@@ -131,8 +131,8 @@ pub fn build(p: &nn::Path<'_>, cfg: &ForecastConfig) -> Result<Box<dyn Forecaste
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{sine_windows as sines, small};
-    use tch::{nn::OptimizerConfig, Device, Kind};
+    use crate::testing::{assert_all_gradients, small, train_sine};
+    use tch::{Device, Kind};
 
     #[test]
     fn output_shapes() {
@@ -169,16 +169,7 @@ mod tests {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &small(48, 12)).expect("builds");
-        let (x, y) = sines(16, 48, 12);
-        model.loss(&x, &y).backward();
-        for (name, var) in vs.variables() {
-            let g = var.grad();
-            assert!(g.defined(), "{name} has no gradient");
-            assert!(
-                g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                "{name}: zero gradient"
-            );
-        }
+        assert_all_gradients(&vs, model.as_ref(), 48, 12);
     }
 
     #[test]
@@ -187,16 +178,8 @@ mod tests {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &small(48, 12)).expect("builds");
-        let (x, y) = sines(128, 48, 12);
-        let mut opt = nn::Adam::default().build(&vs, 1e-2).expect("adam");
-        let first = model.loss(&x, &y).double_value(&[]);
-        let mut last = first;
-        for _ in 0..60 {
-            let loss = model.loss(&x, &y);
-            opt.backward_step(&loss);
-            last = loss.double_value(&[]);
-        }
-        assert!(last < 0.5 * first, "loss {first} -> {last}");
+        let (before, after) = train_sine(&vs, model.as_ref(), 48, 12, 60, 1e-2);
+        assert!(after < 0.5 * before, "loss {before} -> {after}");
     }
 
     #[test]

@@ -44,6 +44,31 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+/// Implements [`Forecaster`] for a model whose checked forward pass is
+/// `try_forward(&self, x, train) -> Result<Tensor>`: `forward_t` is
+/// `try_forward` that panics with the error's message, so callers that
+/// want the error call `try_forward`.
+macro_rules! forecaster_via_try_forward {
+    ($model:ty, $name:expr) => {
+        impl $crate::Forecaster for $model {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            /// # Panics
+            /// When `x` is not `[N, L]` (the model's `try_forward` returns
+            /// that as an error instead).
+            fn forward_t(&self, x: &tch::Tensor, train: bool) -> tch::Tensor {
+                match self.try_forward(x, train) {
+                    Ok(y) => y,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+    };
+}
+pub(crate) use forecaster_via_try_forward;
+
 pub mod error;
 pub mod layers;
 

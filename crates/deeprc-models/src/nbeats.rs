@@ -390,12 +390,7 @@ pub fn build(p: &nn::Path<'_>, cfg: &ForecastConfig) -> Result<Box<dyn Forecaste
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{sine_windows as sines, small};
-    use tch::nn::OptimizerConfig;
-
-    fn count(vs: &nn::VarStore) -> usize {
-        vs.trainable_variables().iter().map(|t| t.numel()).sum()
-    }
+    use crate::testing::{assert_all_gradients, parameter_count, small, train_sine};
 
     #[test]
     fn output_shapes_and_sizes() {
@@ -418,7 +413,7 @@ mod tests {
             &NBeatsConfig::from_forecast(&ForecastConfig::new(96, 96)),
         )
         .expect("builds");
-        assert_eq!(count(&vs), 2_809_410);
+        assert_eq!(parameter_count(&vs), 2_809_410);
         let x = Tensor::randn([3, 96], (Kind::Float, Device::Cpu));
         let parts = paper.decompose(&x, false);
         assert_eq!(parts.size(), vec![3, 4, 96]);
@@ -433,7 +428,7 @@ mod tests {
             &NBeatsConfig::from_forecast(&small(96, 96)),
         )
         .expect("builds");
-        assert_eq!(count(&vs_small), 68674);
+        assert_eq!(parameter_count(&vs_small), 68674);
         let wrong = Tensor::zeros([2, 5], (Kind::Float, Device::Cpu));
         assert!(matches!(
             paper.try_forward(&wrong, false),
@@ -449,11 +444,11 @@ mod tests {
         cfg.n_blocks = vec![3, 2, 2];
         let vs = nn::VarStore::new(Device::Cpu);
         let distinct = NBeats::new(&vs.root(), &cfg).expect("builds");
-        let unshared = count(&vs);
+        let unshared = parameter_count(&vs);
         cfg.shared_weights = true;
         let vs2 = nn::VarStore::new(Device::Cpu);
         let shared = NBeats::new(&vs2.root(), &cfg).expect("builds");
-        assert!(count(&vs2) * 2 < unshared);
+        assert!(parameter_count(&vs2) * 2 < unshared);
         let x = Tensor::randn([4, 24], (Kind::Float, Device::Cpu));
         assert_eq!(shared.decompose(&x, false).size(), vec![4, 8, 6]);
         assert_eq!(distinct.forward_t(&x, false).size(), vec![4, 6]);
@@ -465,16 +460,7 @@ mod tests {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &small(24, 6)).expect("builds");
-        let (x, y) = sines(32, 24, 6);
-        model.loss(&x, &y).backward();
-        for (name, var) in vs.variables() {
-            let g = var.grad();
-            assert!(g.defined(), "{name} has no gradient");
-            assert!(
-                g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                "{name}: zero gradient"
-            );
-        }
+        assert_all_gradients(&vs, model.as_ref(), 24, 6);
     }
 
     #[test]
@@ -483,16 +469,8 @@ mod tests {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &small(48, 12)).expect("builds");
-        let (x, y) = sines(128, 48, 12);
-        let mut opt = nn::Adam::default().build(&vs, 1e-3).expect("adam");
-        let first = model.loss(&x, &y).double_value(&[]);
-        let mut last = first;
-        for _ in 0..60 {
-            let loss = model.loss(&x, &y);
-            opt.backward_step(&loss);
-            last = loss.double_value(&[]);
-        }
-        assert!(last < 0.5 * first, "loss {first} -> {last}");
+        let (before, after) = train_sine(&vs, model.as_ref(), 48, 12, 60, 1e-3);
+        assert!(after < 0.5 * before, "loss {before} -> {after}");
     }
 
     #[test]

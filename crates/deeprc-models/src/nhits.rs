@@ -286,12 +286,8 @@ pub fn build(p: &nn::Path<'_>, cfg: &ForecastConfig) -> Result<Box<dyn Forecaste
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{sine_windows as sines, small};
-    use tch::{nn::OptimizerConfig, Device, Kind};
-
-    fn count(vs: &nn::VarStore) -> usize {
-        vs.trainable_variables().iter().map(|t| t.numel()).sum()
-    }
+    use crate::testing::{assert_all_gradients, parameter_count, small, train_sine};
+    use tch::{Device, Kind};
 
     #[test]
     fn output_shapes_and_sizes() {
@@ -313,9 +309,12 @@ mod tests {
         .expect("builds");
         // per block: pooled*512+512 + 512*512+512 + 512*(96+knots)+(96+knots)
         let block =
-            |pooled: usize, knots: usize| pooled * 512 + 512 + 512 * 512 + 512 + 513 * (96 + knots);
-        assert_eq!(count(&vs), block(48, 24) + block(48, 48) + block(96, 96));
-        assert_eq!(count(&vs), 1_121_736);
+            |pooled: i64, knots: i64| pooled * 512 + 512 + 512 * 512 + 512 + 513 * (96 + knots);
+        assert_eq!(
+            parameter_count(&vs),
+            block(48, 24) + block(48, 48) + block(96, 96)
+        );
+        assert_eq!(parameter_count(&vs), 1_121_736);
         let x = Tensor::randn([3, 96], (Kind::Float, Device::Cpu));
         let parts = paper.decompose(&x, false);
         assert_eq!(parts.size(), vec![3, 4, 96]);
@@ -336,7 +335,7 @@ mod tests {
             &NHitsConfig::from_forecast(&small(96, 96)),
         )
         .expect("builds");
-        assert_eq!(count(&vs_small), 54600);
+        assert_eq!(parameter_count(&vs_small), 54600);
         let wrong = Tensor::zeros([2, 5], (Kind::Float, Device::Cpu));
         assert!(matches!(
             m.try_forward(&wrong, false),
@@ -360,16 +359,7 @@ mod tests {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &small(24, 8)).expect("builds");
-        let (x, y) = sines(32, 24, 8);
-        model.loss(&x, &y).backward();
-        for (name, var) in vs.variables() {
-            let g = var.grad();
-            assert!(g.defined(), "{name} has no gradient");
-            assert!(
-                g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                "{name}: zero gradient"
-            );
-        }
+        assert_all_gradients(&vs, model.as_ref(), 24, 8);
     }
 
     #[test]
@@ -378,16 +368,8 @@ mod tests {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &small(48, 12)).expect("builds");
-        let (x, y) = sines(128, 48, 12);
-        let mut opt = nn::Adam::default().build(&vs, 1e-3).expect("adam");
-        let first = model.loss(&x, &y).double_value(&[]);
-        let mut last = first;
-        for _ in 0..60 {
-            let loss = model.loss(&x, &y);
-            opt.backward_step(&loss);
-            last = loss.double_value(&[]);
-        }
-        assert!(last < 0.5 * first, "loss {first} -> {last}");
+        let (before, after) = train_sine(&vs, model.as_ref(), 48, 12, 60, 1e-3);
+        assert!(after < 0.5 * before, "loss {before} -> {after}");
     }
 
     #[test]

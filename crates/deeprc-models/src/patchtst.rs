@@ -482,21 +482,7 @@ impl PatchTST {
     }
 }
 
-impl Forecaster for PatchTST {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    /// # Panics
-    /// When `x` is not `[N, L]` (use [`PatchTST::try_forward`] for an
-    /// error instead).
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        match self.try_forward(x, train) {
-            Ok(y) => y,
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
+crate::forecaster_via_try_forward!(PatchTST, NAME);
 
 /// Builds the PatchTST of `cfg` (see [`PatchTSTConfig::from_forecast`])
 /// under `p`.
@@ -513,13 +499,9 @@ pub fn build(p: &nn::Path<'_>, cfg: &ForecastConfig) -> Result<Box<dyn Forecaste
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_all_gradients, parameter_count, train_sine};
+    use crate::testing::{assert_all_gradients, parameter_count, small, train_sine};
     use crate::ModelSize;
     use tch::Device;
-
-    fn small(l: i64, h: i64) -> ForecastConfig {
-        ForecastConfig::new(l, h).size(ModelSize::Small)
-    }
 
     #[test]
     fn output_shapes() {

@@ -442,7 +442,6 @@ pub fn build_gru(p: &nn::Path<'_>, cfg: &ForecastConfig) -> Result<Box<dyn Forec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ModelSize;
     use tch::nn::OptimizerConfig;
     use tch::{Device, Kind, Reduction};
 
@@ -451,26 +450,10 @@ mod tests {
         tch::manual_seed(0);
     }
 
-    fn small(l: i64, h: i64) -> ForecastConfig {
-        ForecastConfig::new(l, h).size(ModelSize::Small)
-    }
+    use crate::testing::small;
 
-    /// Noisy sines of period 12 with random phases: windows `[n, l]` and
-    /// their continuations `[n, h]`.
     fn sines(n: i64, l: i64, h: i64) -> (Tensor, Tensor) {
-        let opts = (Kind::Float, Device::Cpu);
-        let t = Tensor::arange(l + h, opts).unsqueeze(0);
-        let phase = Tensor::rand([n, 1], opts) * (2.0 * std::f64::consts::PI);
-        let s = (t * (2.0 * std::f64::consts::PI / 12.0) + phase).sin()
-            + Tensor::randn([n, l + h], opts) * 0.05;
-        (s.narrow(1, 0, l), s.narrow(1, l, h))
-    }
-
-    fn n_params(vs: &nn::VarStore) -> i64 {
-        vs.trainable_variables()
-            .iter()
-            .map(|t| t.numel() as i64)
-            .sum()
+        crate::testing::noisy_sines(n, l, h, 0.05)
     }
 
     #[test]
@@ -497,17 +480,7 @@ mod tests {
             let vs = nn::VarStore::new(Device::Cpu);
             let cfg = RnnConfig::from_forecast(cell, &small(8, 12));
             let m = RnnForecaster::new(&vs.root(), &cfg).expect("builds");
-            let x = Tensor::randn([6, 8], (Kind::Float, Device::Cpu));
-            let y = Tensor::randn([6, 12], (Kind::Float, Device::Cpu));
-            m.loss(&x, &y).backward();
-            for (name, t) in vs.variables() {
-                let g = t.grad();
-                assert!(g.defined(), "{cell:?}: {name} has no gradient");
-                assert!(
-                    g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                    "{cell:?}: {name} has a zero gradient"
-                );
-            }
+            crate::testing::assert_all_gradients(&vs, &m, 8, 12);
         }
     }
 
@@ -581,7 +554,7 @@ mod tests {
         let counts = |cell, cfg: &ForecastConfig| {
             let vs = nn::VarStore::new(Device::Cpu);
             RnnForecaster::new(&vs.root(), &RnnConfig::from_forecast(cell, cfg)).expect("builds");
-            n_params(&vs)
+            crate::testing::parameter_count(&vs)
         };
         let paper = ForecastConfig::new(96, 96);
         // LSTM: 4D(1 + D + 2) + 4D(2D + 2) with D = 128, decoder 128*128+128 + 128+1.

@@ -6,11 +6,16 @@ use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
 /// `n` windows of a noisy sine (period 12, random phase, amplitude
 /// 1, noise 0.1): inputs `[n, l]` and targets `[n, h]`.
 pub(crate) fn sine_windows(n: i64, l: i64, h: i64) -> (Tensor, Tensor) {
+    noisy_sines(n, l, h, 0.1)
+}
+
+/// The same with Gaussian noise of standard deviation `noise`.
+pub(crate) fn noisy_sines(n: i64, l: i64, h: i64, noise: f64) -> (Tensor, Tensor) {
     let opts = (Kind::Float, Device::Cpu);
     let phase = Tensor::rand([n, 1], opts) * (2.0 * std::f64::consts::PI);
     let t = Tensor::arange(l + h, opts).unsqueeze(0);
     let s = (t * (2.0 * std::f64::consts::PI / 12.0) + phase).sin()
-        + Tensor::randn([n, l + h], opts) * 0.1;
+        + Tensor::randn([n, l + h], opts) * noise;
     (s.narrow(1, 0, l), s.narrow(1, l, h))
 }
 
@@ -31,14 +36,15 @@ pub(crate) fn assert_all_gradients(vs: &nn::VarStore, model: &dyn Forecaster, l:
         }
         trainable += 1;
         let g = v.grad();
-        assert!(g.defined(), "{name} has no gradient");
+        let model = model.name();
+        assert!(g.defined(), "{model}: {name} has no gradient");
         let norm = g.abs().sum(Kind::Float).double_value(&[]);
         assert!(
             norm > 0.0 && norm.is_finite(),
-            "{name} has gradient norm {norm}"
+            "{model}: {name} has gradient norm {norm}"
         );
     }
-    assert!(trainable > 0, "no trainable variables");
+    assert!(trainable > 0, "{}: no trainable variables", model.name());
 }
 
 /// Trains `model` with Adam (`lr`) for `steps` on one sine batch and

@@ -203,12 +203,8 @@ pub fn build(p: &nn::Path<'_>, cfg: &ForecastConfig) -> Result<Box<dyn Forecaste
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{sine_windows as sines, small};
-    use tch::{nn::OptimizerConfig, Device, Kind};
-
-    fn count(vs: &nn::VarStore) -> usize {
-        vs.trainable_variables().iter().map(|t| t.numel()).sum()
-    }
+    use crate::testing::{assert_all_gradients, parameter_count, small, train_sine};
+    use tch::{Device, Kind};
 
     #[test]
     fn output_shapes_and_sizes() {
@@ -231,7 +227,7 @@ mod tests {
         assert_eq!(m.forward_t(&x, true).size(), vec![2, 6]);
         let vs_small = nn::VarStore::new(Device::Cpu);
         Tide::new(&vs_small.root(), &TideConfig::from_forecast(&small(96, 96))).expect("builds");
-        assert_eq!(count(&vs_small), 131722);
+        assert_eq!(parameter_count(&vs_small), 131722);
         let wrong = Tensor::zeros([2, 5], (Kind::Float, Device::Cpu));
         assert!(matches!(
             m.try_forward(&wrong, false),
@@ -243,7 +239,7 @@ mod tests {
             &TideConfig::from_forecast(&ForecastConfig::new(96, 96)),
         )
         .expect("builds");
-        assert_eq!(count(&vs), 3_797_378);
+        assert_eq!(parameter_count(&vs), 3_797_378);
     }
 
     #[test]
@@ -252,16 +248,7 @@ mod tests {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &small(24, 6)).expect("builds");
-        let (x, y) = sines(32, 24, 6);
-        model.loss(&x, &y).backward();
-        for (name, var) in vs.variables() {
-            let g = var.grad();
-            assert!(g.defined(), "{name} has no gradient");
-            assert!(
-                g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                "{name}: zero gradient"
-            );
-        }
+        assert_all_gradients(&vs, model.as_ref(), 24, 6);
     }
 
     #[test]
@@ -270,19 +257,8 @@ mod tests {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &small(48, 12)).expect("builds");
-        let (x, y) = sines(128, 48, 12);
-        let mut opt = nn::Adam::default().build(&vs, 1e-3).expect("adam");
-        let first = model.loss(&x, &y).double_value(&[]);
-        for _ in 0..60 {
-            let loss = model.loss(&x, &y);
-            opt.backward_step(&loss);
-        }
-        // judged without dropout, on the same windows
-        let last = model
-            .forward_t(&x, false)
-            .mse_loss(&y, tch::Reduction::Mean)
-            .double_value(&[]);
-        assert!(last < 0.5 * first, "loss {first} -> {last}");
+        let (before, after) = train_sine(&vs, model.as_ref(), 48, 12, 60, 1e-3);
+        assert!(after < 0.5 * before, "loss {before} -> {after}");
     }
 
     #[test]

@@ -355,15 +355,8 @@ mod tests {
         TimesNetConfig::from_forecast(&ForecastConfig::new(l, h).size(ModelSize::Small))
     }
 
-    /// Noisy sines of period 12 with random phases: windows `[n, l]` and
-    /// their continuations `[n, h]`.
     fn sines(n: i64, l: i64, h: i64) -> (Tensor, Tensor) {
-        let opts = (Kind::Float, Device::Cpu);
-        let t = Tensor::arange(l + h, opts).unsqueeze(0);
-        let phase = Tensor::rand([n, 1], opts) * (2.0 * std::f64::consts::PI);
-        let s = (t * (2.0 * std::f64::consts::PI / 12.0) + phase).sin()
-            + Tensor::randn([n, l + h], opts) * 0.05;
-        (s.narrow(1, 0, l), s.narrow(1, l, h))
+        crate::testing::noisy_sines(n, l, h, 0.05)
     }
 
     #[test]
@@ -408,17 +401,7 @@ mod tests {
         setup();
         let vs = nn::VarStore::new(Device::Cpu);
         let m = TimesNet::new(&vs.root(), &small(13, 5)).expect("builds");
-        let x = Tensor::randn([4, 13], (Kind::Float, Device::Cpu));
-        let y = Tensor::randn([4, 5], (Kind::Float, Device::Cpu));
-        m.loss(&x, &y).backward();
-        for (name, t) in vs.variables() {
-            let g = t.grad();
-            assert!(g.defined(), "{name} has no gradient");
-            assert!(
-                g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
-                "{name} has a zero gradient"
-            );
-        }
+        crate::testing::assert_all_gradients(&vs, &m, 13, 5);
     }
 
     #[test]
