@@ -33,70 +33,20 @@ pub(crate) fn shuffle_hasher() -> ahash::RandomState {
 }
 
 /// Sends `parts[j]` to rank `j`; returns what every rank sent here, in rank
-/// order (so concatenating keeps the global order of rows). Thread ranks
-/// move the batches; process ranks send Arrow IPC streams.
+/// order (so concatenating keeps the global order of rows), without the
+/// empty batches. Thread ranks move the batches; process ranks send Arrow
+/// IPC streams.
 pub fn exchange(
     comm: &dyn Communicator,
     schema: &SchemaRef,
-    mut parts: Vec<Vec<RecordBatch>>,
+    parts: Vec<Vec<RecordBatch>>,
 ) -> Result<Vec<RecordBatch>> {
-    let n = comm.size();
-    if parts.len() != n {
-        return Err(FrameError::internal(format!(
-            "exchange: {} parts for {n} ranks",
-            parts.len()
-        )));
-    }
-    if n == 1 {
-        return Ok(parts.pop().unwrap_or_default());
-    }
-    if comm.supports_objects() {
-        let boxed: Vec<AnyBox> = parts.into_iter().map(|p| Box::new(p) as AnyBox).collect();
-        let got = comm.all_to_all_objects(boxed)?;
-        let mut out = Vec::new();
-        for g in got {
-            let v = g
-                .downcast::<Vec<RecordBatch>>()
-                .map_err(|_| FrameError::internal("exchange: a peer sent something else"))?;
-            out.extend(v.into_iter().filter(|b| b.num_rows() > 0));
-        }
-        return Ok(out);
-    }
-    let me = comm.rank();
-    let mut own = Vec::new();
-    let mut payload = Vec::with_capacity(n);
-    for (j, p) in parts.into_iter().enumerate() {
-        if j == me {
-            own = p;
-            payload.push(Bytes::new());
-        } else if p.iter().all(|b| b.num_rows() == 0) {
-            payload.push(Bytes::new());
-        } else {
-            payload.push(ipc::encode_batches(schema, &p)?);
-        }
-    }
-    let got = comm.all_to_all_v(payload)?;
-    let mut out = Vec::new();
-    for (j, bytes) in got.into_iter().enumerate() {
-        if j == me {
-            out.append(&mut own);
-        } else if !bytes.is_empty() {
-            out.extend(ipc::decode_batches_from(bytes, "exchange", j)?.1);
-        }
-    }
-    out.retain(|b| b.num_rows() > 0);
-    // Relabel to the common schema (IPC round trips keep it, but metadata
-    // and nullability must match the table's exactly).
-    out.into_iter()
-        .map(|b| {
-            if b.schema().as_ref() == schema.as_ref() {
-                Ok(b)
-            } else {
-                RecordBatch::try_new(Arc::clone(schema), b.columns().to_vec())
-                    .ctx("relabelling received batch")
-            }
-        })
-        .collect()
+    let got = exchange_from_each(comm, schema, parts, false)?;
+    Ok(got
+        .into_iter()
+        .flatten()
+        .filter(|b| b.num_rows() > 0)
+        .collect())
 }
 
 /// Splits `batch` into `n` parts by `dest[i]` (the rank of row `i`) with one
@@ -280,9 +230,27 @@ pub(crate) fn agree_buckets(
 pub(crate) fn exchange_keep(
     comm: &dyn Communicator,
     schema: &SchemaRef,
+    parts: Vec<Vec<RecordBatch>>,
+) -> Result<Vec<Vec<RecordBatch>>> {
+    exchange_from_each(comm, schema, parts, true)
+}
+
+/// The exchange of [`exchange`] and [`exchange_keep`]: `out[s]` is the list
+/// rank `s` sent here. Without `keep_empty`, a process rank sends nothing
+/// for a part with no rows (an empty list arrives in its place).
+fn exchange_from_each(
+    comm: &dyn Communicator,
+    schema: &SchemaRef,
     mut parts: Vec<Vec<RecordBatch>>,
+    keep_empty: bool,
 ) -> Result<Vec<Vec<RecordBatch>>> {
     let n = comm.size();
+    if parts.len() != n {
+        return Err(FrameError::internal(format!(
+            "exchange: {} parts for {n} ranks",
+            parts.len()
+        )));
+    }
     if n == 1 {
         return Ok(vec![parts.pop().unwrap_or_default()]);
     }
@@ -305,6 +273,8 @@ pub(crate) fn exchange_keep(
         if j == me {
             own = p;
             payload.push(Bytes::new());
+        } else if !keep_empty && p.iter().all(|b| b.num_rows() == 0) {
+            payload.push(Bytes::new());
         } else {
             payload.push(ipc::encode_batches(schema, &p)?);
         }
@@ -314,25 +284,34 @@ pub(crate) fn exchange_keep(
     for (j, bytes) in got.into_iter().enumerate() {
         if j == me {
             out.push(std::mem::take(&mut own));
+        } else if bytes.is_empty() {
+            out.push(Vec::new());
         } else {
             let batches = ipc::decode_batches_from(bytes, "exchange", j)?.1;
             out.push(
                 batches
                     .into_iter()
-                    .map(|b| {
-                        RecordBatch::try_new_with_options(
-                            Arc::clone(schema),
-                            b.columns().to_vec(),
-                            &datafusion::arrow::array::RecordBatchOptions::new()
-                                .with_row_count(Some(b.num_rows())),
-                        )
-                        .ctx("relabelling received batch")
-                    })
+                    .map(|b| relabel(schema, b))
                     .collect::<Result<Vec<_>>>()?,
             );
         }
     }
     Ok(out)
+}
+
+/// `b` under the table's schema exactly (IPC round trips keep the fields,
+/// but metadata and nullability must match the table's), its row count
+/// kept for batches without columns.
+fn relabel(schema: &SchemaRef, b: RecordBatch) -> Result<RecordBatch> {
+    if b.schema().as_ref() == schema.as_ref() {
+        return Ok(b);
+    }
+    RecordBatch::try_new_with_options(
+        Arc::clone(schema),
+        b.columns().to_vec(),
+        &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+    )
+    .ctx("relabelling received batch")
 }
 
 /// Splits every batch of `table` into `size * per_rank` buckets by
