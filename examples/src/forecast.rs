@@ -449,6 +449,12 @@ pub fn train_forecaster(
         });
     }
     if let (Some(path), 0) = (&opts.save_to, comm.rank()) {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| PipelineError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+        }
         vs.save(path)?;
     }
     let mut examples = Vec::new();
