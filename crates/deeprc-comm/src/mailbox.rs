@@ -3,6 +3,7 @@
 
 use crate::{AnyBox, CommError, Result};
 use bytes::Bytes;
+use deeprc_core::sync::lock;
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Condvar, Mutex, MutexGuard, PoisonError},
@@ -102,7 +103,7 @@ impl Mailbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Queues a message from `src`.

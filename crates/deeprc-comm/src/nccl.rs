@@ -110,6 +110,7 @@ use cudarc::{
     driver::{CudaContext, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError},
     nccl::{Comm, Id, NcclType},
 };
+use deeprc_core::sync::lock;
 use std::{
     fmt,
     panic::{catch_unwind, AssertUnwindSafe},
@@ -586,17 +587,14 @@ impl NcclComm {
     /// Whether an earlier failure (timeout, NCCL error) aborted the NCCL
     /// communicator; then every NCCL operation fails.
     pub fn is_aborted(&self) -> bool {
-        self.comm
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
+        lock(&self.comm).is_none()
     }
 
     /// Enqueues one NCCL operation with `enqueue` and waits until the
     /// stream has run it, at most `options.timeout`; aborts the NCCL
     /// communicator on a timeout or an error.
     fn run_nccl(&self, op: &'static str, enqueue: impl FnOnce(&Comm) -> NcclResult) -> Result<()> {
-        let mut guard = self.comm.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = lock(&self.comm);
         let Some(cell) = guard.as_ref() else {
             return Err(backend_err(format!(
                 "{op}: the NCCL communicator was aborted after an earlier failure; create a new one"

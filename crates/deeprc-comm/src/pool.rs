@@ -6,7 +6,8 @@
 //! when the last reference (possibly on another thread) is dropped.
 
 use bytes::Bytes;
-use std::sync::{Arc, Mutex, PoisonError};
+use deeprc_core::sync::lock;
+use std::sync::{Arc, Mutex};
 
 /// Idle bytes a communicator's pool keeps at most.
 pub(crate) const POOL_BYTES: usize = 256 << 20;
@@ -45,7 +46,7 @@ impl BufferPool {
     /// vector that has allocated nothing (the caller reserves fallibly).
     pub(crate) fn reuse(&self, len: usize) -> Vec<u8> {
         if len >= MIN_POOLED {
-            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut free = lock(&self.free);
             // Best fit that wastes at most half of the buffer.
             let best = free
                 .iter()
@@ -80,7 +81,7 @@ impl BufferPool {
     }
 
     fn give_back(&self, v: Vec<u8>) {
-        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut free = lock(&self.free);
         free.push(v);
         // Drop the largest idle buffers while over budget.
         let mut total: usize = free.iter().map(Vec::capacity).sum();

@@ -1,12 +1,13 @@
 //! Profile records: named, time-stamped events written by the communicator
 //! and the pilot runtime, exportable as JSON Lines or CSV.
 
+use crate::sync::lock;
 use crate::{CoreError, Result};
 use serde::{Deserialize, Serialize};
 use std::{
     io::Write,
     path::Path,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -75,10 +76,7 @@ impl Profiler {
 
     /// Appends a record.
     pub fn push(&self, record: ProfileRecord) {
-        self.records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(record);
+        lock(&self.records).push(record);
     }
 
     /// Appends a record stamped now.
@@ -90,10 +88,7 @@ impl Profiler {
 
     /// A copy of all records so far, in insertion order.
     pub fn snapshot(&self) -> Vec<ProfileRecord> {
-        self.records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.records).clone()
     }
 
     /// Writes all records as JSON Lines.

@@ -35,6 +35,7 @@ use crate::{
     ExecutableSpec, FailReason, FunctionLaunch, GpuShare, PilotError, Placement, Result, Task,
     TaskKind, TaskState, Timestamps,
 };
+use deeprc_core::sync::lock;
 use deeprc_core::{now_ns, TaskId};
 use std::{
     cmp::Reverse,
@@ -251,11 +252,7 @@ fn record_final(
                     })
                 }),
             };
-            session
-                .records
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(record);
+            lock(&session.records).push(record);
         }
         g.waiters > 0
     };
@@ -432,11 +429,7 @@ impl Agent {
     /// After a panic of the agent: the pilot is FAILED and every task it
     /// holds, or that still arrives, ends FAILED.
     fn fail_everything(&mut self, why: &str) {
-        *self
-            .pilot
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = crate::PilotState::Failed;
+        *lock(&self.pilot.state) = crate::PilotState::Failed;
         self.pilot.session_events.push(
             deeprc_core::ProfileRecord::now(self.pilot.id.clone(), "pilot.failed")
                 .with_attr("panic", why),

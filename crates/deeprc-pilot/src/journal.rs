@@ -45,12 +45,13 @@
 //! ```
 
 use crate::{PilotError, Result, Task, TaskManager, TaskState, Timestamps};
+use deeprc_core::sync::lock;
 use serde::{Deserialize, Serialize};
 use std::{
     fs::{File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
 };
 
 /// One finished task, as the journal keeps it.
@@ -188,10 +189,7 @@ impl Journal {
         tm.register_callback(move |task, state| {
             if state.is_final() {
                 if let Err(e) = me.record(task, state) {
-                    me.errors
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(e.to_string());
+                    lock(&me.errors).push(e.to_string());
                 }
             }
         });
@@ -214,10 +212,7 @@ impl Journal {
 
     /// The lines that could not be written.
     pub fn errors(&self) -> Vec<String> {
-        self.errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.errors).clone()
     }
 
     fn append(&self, bytes: &[u8]) -> Result<()> {
@@ -227,7 +222,7 @@ impl Journal {
                 e,
             )
         };
-        let mut f = self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut f = lock(&self.file);
         // One write of the whole line: no buffer in this process.
         f.write_all(bytes).map_err(err)?;
         if self.durable {

@@ -14,6 +14,7 @@
 //! descendants it waited for ([`ChildExit`]).
 
 use crate::usage::{wait4, ChildExit};
+use deeprc_core::sync::lock;
 use nix::{
     errno::Errno,
     sys::{
@@ -57,7 +58,7 @@ static REAPER: Mutex<Option<&'static Reaper>> = Mutex::new(None);
 
 /// The process-wide reaper, started on first use.
 pub(crate) fn reaper() -> std::io::Result<&'static Reaper> {
-    let mut slot = REAPER.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut slot = lock(&REAPER);
     if let Some(r) = *slot {
         return Ok(r);
     }
@@ -74,7 +75,7 @@ pub(crate) fn reaper() -> std::io::Result<&'static Reaper> {
 
 impl Reaper {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Spawns `cmd` and calls `on_exit` from the reaper thread when it

@@ -28,6 +28,7 @@
 //! have not been running an interval yet.
 
 use crate::usage::{clock_ticks, page_kib, SampleSummary};
+use deeprc_core::sync::lock;
 use deeprc_core::{now_ns, ProfileRecord, Profiler, TaskId};
 use serde::{Deserialize, Serialize};
 use std::{
@@ -176,12 +177,12 @@ impl Sampler {
         let h = std::thread::Builder::new()
             .name(format!("deeprc-sampler-{pilot}"))
             .spawn(move || me.run(out))?;
-        *s.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(h);
+        *lock(&s.thread) = Some(h);
         Ok(s)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Samples this rank from one interval on, until [`unwatch`](Self::unwatch)
@@ -214,11 +215,7 @@ impl Sampler {
     pub(crate) fn stop(&self) {
         self.lock().stop = true;
         self.wake.notify_all();
-        let h = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let h = lock(&self.thread).take();
         if let Some(h) = h {
             let _ = h.join();
         }

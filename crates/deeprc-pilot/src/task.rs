@@ -8,6 +8,7 @@ use crate::{
     usage::ResourceUsage,
     FailReason, PilotError, Placement, Result, TaskDescription, TaskKind, TaskState,
 };
+use deeprc_core::sync::lock;
 use deeprc_core::TaskId;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::{
@@ -88,7 +89,7 @@ pub(crate) struct TaskShared {
 
 impl TaskShared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, TaskInner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner)
     }
 }
 

@@ -12,13 +12,14 @@
 //! Only `wait4` needs `unsafe` (nix wraps `getrusage` and `clock_gettime`,
 //! not `wait4`): it is the one unsafe block of the crate.
 
+use deeprc_core::sync::lock;
 use serde::Serialize;
 use std::{
     fs::File,
     io::{Read, Seek, SeekFrom, Write},
     os::unix::process::ExitStatusExt,
     process::ExitStatus,
-    sync::{Mutex, OnceLock, PoisonError},
+    sync::{Mutex, OnceLock},
 };
 
 /// What the peak memory of a [`ResourceUsage`] covers.
@@ -418,14 +419,14 @@ pub(crate) fn reset_peak_rss() -> bool {
     let Some(p) = peak() else {
         return false;
     };
-    let mut p = p.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut p = lock(p);
     p.clear_refs.write_all(b"5").is_ok()
 }
 
 /// This process's peak RSS (`VmHWM`) in KiB.
 pub(crate) fn peak_rss_kib() -> Option<u64> {
     let p = peak()?;
-    let mut g = p.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut g = lock(p);
     let PeakRss { status, buf, .. } = &mut *g;
     buf.clear();
     status.seek(SeekFrom::Start(0)).ok()?;

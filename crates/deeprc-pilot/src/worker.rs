@@ -54,13 +54,14 @@ use deeprc_comm::{
     tcp::{StoreSpec, TcpComm, TcpOptions},
     CommConfig, Communicator,
 };
+use deeprc_core::sync::lock;
 use deeprc_core::{now_ns, TaskId};
 use std::{
     io::BufReader,
     os::unix::net::UnixStream,
     panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock, PoisonError},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -110,7 +111,7 @@ fn install_panic_hook() {
             None => msg,
         };
         eprintln!("deeprc-pilot worker: a task panicked: {text}");
-        *LAST_PANIC.lock().unwrap_or_else(PoisonError::into_inner) = Some(text);
+        *lock(&LAST_PANIC) = Some(text);
     }));
 }
 
@@ -324,9 +325,7 @@ fn execute(
         Ok(Ok(v)) => (Status::Ok, v),
         Ok(Err(e)) => (Status::Error, e.into_bytes()),
         Err(p) => {
-            let text = LAST_PANIC
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            let text = lock(&LAST_PANIC)
                 .take()
                 .unwrap_or_else(|| panic_message(&*p));
             (Status::Panic, text.into_bytes())

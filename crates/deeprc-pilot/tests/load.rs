@@ -16,6 +16,7 @@
 
 mod common;
 
+use deeprc_core::sync::lock;
 use deeprc_pilot::{
     current_rss_bytes, FunctionLaunch, PilotDescription, TaskDescription, TaskManager, TaskState,
 };
@@ -126,7 +127,7 @@ fn mib(b: u64) -> f64 {
 
 #[test]
 fn hundred_thousand_null_function_tasks() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = lock(&SERIAL);
     for launch in [FunctionLaunch::Threads, FunctionLaunch::Processes] {
         let (session, pilot, tm, dir) =
             common::setup(&format!("load-{launch:?}"), PilotDescription::local());
@@ -161,7 +162,7 @@ fn hundred_thousand_null_function_tasks() {
 
 #[test]
 fn without_task_records_memory_does_not_grow_with_tasks() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = lock(&SERIAL);
     let dir = common::scratch("load-norecords");
     let session = deeprc_pilot::Session::builder()
         .registry(common::functions::registry())
@@ -190,7 +191,7 @@ fn without_task_records_memory_does_not_grow_with_tasks() {
 
 #[test]
 fn ten_thousand_bin_true_tasks() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = lock(&SERIAL);
     let (session, _pilot, tm, dir) = common::setup_in(
         common::scratch_in_memory("load-true"),
         PilotDescription::local(),
@@ -218,7 +219,7 @@ fn ten_thousand_bin_true_tasks() {
 /// end DONE with the right sum.
 #[test]
 fn sixty_four_concurrent_multi_rank_tasks_create_communicators_at_once() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = lock(&SERIAL);
     for (launch, tasks) in [
         (FunctionLaunch::Threads, 64),
         (FunctionLaunch::Processes, 64),
@@ -286,7 +287,7 @@ fn slope(xs: &[f64], ys: &[f64]) -> f64 {
 /// sessions 40..200 (after a warm-up) stay within generous budgets.
 #[test]
 fn two_hundred_sessions_leak_no_threads_fds_or_memory() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = lock(&SERIAL);
     let root = common::scratch_in_memory("soak");
     let (mut xs, mut threads, mut fds, mut heap) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut first = None;

@@ -2,8 +2,9 @@
 //! of its rendezvous store.
 
 use crate::{tcp::Store, CommError};
+use deeprc_core::sync::lock;
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -115,10 +116,7 @@ impl StoreBridge {
     fn keep<T>(&self, r: crate::Result<T>) -> Result<T, String> {
         r.map_err(|e| {
             let msg = e.to_string();
-            *self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(e);
+            *lock(&self.last_error) = Some(e);
             msg
         })
     }

@@ -75,7 +75,7 @@ use std::{
     net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -518,11 +518,7 @@ impl GlooComm {
             millis(cfg.timeout),
         )
         .map_err(|e| {
-            let kept = shared
-                .store_errors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take();
+            let kept = lock(&shared.store_errors).take();
             kept.unwrap_or_else(|| {
                 let message = e.what().to_string();
                 if message.to_ascii_lowercase().contains("timeout") {

@@ -50,6 +50,7 @@ use crate::{
     CommError, DType, ReduceOp, Result,
 };
 use bytes::Bytes;
+use deeprc_core::sync::lock;
 use std::{
     ops::Range,
     sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
@@ -97,7 +98,7 @@ unsafe impl Sync for Share {}
 
 impl Share {
     fn lock(&self) -> MutexGuard<'_, Access> {
-        self.access.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.access)
     }
 
     /// Holds the share, so that its buffer stays valid until the [`Hold`]

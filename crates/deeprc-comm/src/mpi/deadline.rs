@@ -16,9 +16,9 @@
 use super::MpiComm;
 use crate::{CommError, Result};
 use ::mpi::ffi;
+use deeprc_core::sync::lock;
 use std::{
     os::raw::{c_int, c_void},
-    sync::PoisonError,
     time::{Duration, Instant},
 };
 
@@ -95,11 +95,7 @@ impl Poll {
 impl MpiComm {
     /// Fails if an earlier collective on this communicator timed out.
     pub(super) fn check_usable(&self, op: &'static str) -> Result<()> {
-        let broken = self
-            .inner
-            .broken
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let broken = lock(&self.inner.broken);
         match broken.as_ref() {
             None => Ok(()),
             Some(why) => Err(CommError::PeerLost {
@@ -183,11 +179,7 @@ impl MpiComm {
     /// marks the communicator unusable for collectives.
     fn give_up<K>(&self, why: String, keep: K) {
         std::mem::forget(keep);
-        let mut broken = self
-            .inner
-            .broken
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut broken = lock(&self.inner.broken);
         broken.get_or_insert(why);
     }
 

@@ -105,6 +105,7 @@ use ::mpi::{
     Threading,
 };
 use bytes::Bytes;
+use deeprc_core::sync::lock;
 use std::{
     fmt,
     mem::ManuallyDrop,
@@ -166,7 +167,7 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let finalized = ::mpi::is_finalized();
-        let mut sends = self.sends.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sends = lock(&self.sends);
         let entered = if finalized {
             None
         } else {
@@ -241,7 +242,7 @@ impl MpiComm {
     /// ```
     pub fn world() -> Result<MpiComm> {
         let timeout = CommConfig::from_env()?.timeout;
-        let mut world = WORLD.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut world = lock(&WORLD);
         if let Some(inner) = world.as_ref() {
             runtime::check_alive("MpiComm::world")?;
             return Ok(MpiComm {

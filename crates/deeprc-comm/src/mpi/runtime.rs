@@ -8,9 +8,10 @@ use ::mpi::{
     environment::{self, Threading, Universe},
     ffi,
 };
+use deeprc_core::sync::lock;
 use std::{
     os::raw::{c_int, c_void},
-    sync::{Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Mutex, MutexGuard, OnceLock},
 };
 
 /// What every communicator of this process shares.
@@ -41,7 +42,7 @@ pub(super) fn init() -> Result<&'static Runtime> {
         check_alive("MpiComm::world")?;
         return Ok(rt);
     }
-    let mut universe = UNIVERSE.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut universe = lock(&UNIVERSE);
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
@@ -178,7 +179,7 @@ impl Runtime {
             });
         }
         Ok(Entered {
-            _serial: Some(SERIAL.lock().unwrap_or_else(PoisonError::into_inner)),
+            _serial: Some(lock(&SERIAL)),
         })
     }
 }

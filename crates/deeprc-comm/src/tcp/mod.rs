@@ -58,11 +58,12 @@ use crate::{
 };
 use auth::{Claim, Purpose};
 use bytes::Bytes;
+use deeprc_core::sync::lock;
 use std::{
     net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc, Mutex, PoisonError,
+        mpsc, Arc, Mutex,
     },
     thread,
     time::{Duration, Instant},
@@ -146,10 +147,7 @@ impl Listener {
     /// Records, logs and closes a refused connection (recorded first:
     /// whoever sees it closed finds the refusal listed).
     fn refuse(&self, conn: &TcpStream, from: &str, e: &CommError) {
-        self.refusals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(format!("{from}: {e}"));
+        lock(&self.refusals).push(format!("{from}: {e}"));
         tracing::warn!(
             peer_addr = %from,
             rank = self.rank,
@@ -194,10 +192,7 @@ impl Listener {
             });
         }
         {
-            let mut connected = self
-                .connected
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut connected = lock(&self.connected);
             if std::mem::replace(&mut connected[peer], true) {
                 return Err(CommError::Auth {
                     addr: from.to_string(),
@@ -207,9 +202,7 @@ impl Listener {
         }
         let accepted = verified.accept(&mut auth::Bounded::new(conn, timeout), &self.token, from);
         if let Err(e) = accepted {
-            self.connected
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)[peer] = false;
+            lock(&self.connected)[peer] = false;
             return Err(e);
         }
         Ok(peer)
@@ -248,7 +241,7 @@ impl Drop for Endpoint {
             .map(|(r, why)| format!("rank {} left after rank {r} was lost: {why}", self.rank));
         for (i, p) in self.peers.iter().enumerate() {
             let Some(p) = p else { continue };
-            let mut w = p.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut w = lock(&p.writer);
             if let Some(text) = &farewell {
                 if self.mailbox.lost_reason(i).is_none() {
                     // Best effort, and never a long wait in a destructor.
@@ -272,7 +265,7 @@ impl Endpoint {
             });
         }
         let peer = self.peers[dst].as_ref().expect("mesh is complete");
-        let mut w = peer.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut w = lock(&peer.writer);
         wire::write_frame(&mut *w, Kind::Data, key.ctx, key.tag, data).map_err(|e| {
             if matches!(
                 e.kind(),
@@ -478,11 +471,7 @@ impl TcpComm {
     /// Connections this rank refused, with the reason, e.g.
     /// `127.0.0.1:40112: connection refused: wrong job token`.
     pub fn refusals(&self) -> Vec<String> {
-        self.listener
-            .refusals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.listener.refusals).clone()
     }
 
     /// The address this rank listens on.

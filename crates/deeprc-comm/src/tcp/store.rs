@@ -9,6 +9,7 @@ use super::{
     wire::{self, Kind, CONTROL_LIMIT},
 };
 use crate::{CommError, Result};
+use deeprc_core::sync::lock;
 use std::{
     collections::HashMap,
     fmt,
@@ -287,10 +288,7 @@ impl TcpStoreServer {
     /// e.g. `127.0.0.1:40112: connection from 127.0.0.1:40112 refused: wrong
     /// job token (its proof does not verify)`.
     pub fn refusals(&self) -> Vec<String> {
-        self.refusals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.refusals).clone()
     }
 }
 
@@ -313,10 +311,7 @@ fn serve(mut conn: TcpStream, table: &Table, token: &[u8], refusals: &Mutex<Vec<
     if let Err(e) = authed {
         // Recorded before the connection closes: whoever sees it closed
         // finds the refusal listed.
-        refusals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(format!("{from}: {e}"));
+        lock(refusals).push(format!("{from}: {e}"));
         tracing::warn!(
             peer_addr = %from,
             "deeprc-comm tcp store: refused a connection from {from}: {e}"
@@ -338,7 +333,7 @@ fn serve_requests<S: Read + Write>(conn: &mut S, table: &Table, from: &str, max_
         let Ok(body) = wire::read_body(conn, h.len, from) else {
             return;
         };
-        let lock = || table.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let lock = || lock(&table.map);
         let reply = match h.kind {
             Kind::StoreSet => {
                 let klen = body.first().copied().unwrap_or(0) as usize;
@@ -463,7 +458,7 @@ impl TcpStore {
         body: &[u8],
         wait: Duration,
     ) -> Result<(Kind, Vec<u8>)> {
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut conn = lock(&self.conn);
         let err = |reason: String| CommError::Store {
             store: self.addr.clone(),
             reason,

@@ -11,6 +11,7 @@ use crate::{
     usage::ChildExit,
     FailReason, Placement,
 };
+use deeprc_core::sync::lock;
 use deeprc_core::{now_ns, TaskId};
 use nix::sys::signal::Signal;
 use std::{
@@ -20,7 +21,7 @@ use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
-    sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError},
+    sync::{mpsc, Arc, Mutex, MutexGuard},
     thread::JoinHandle,
 };
 
@@ -65,7 +66,7 @@ struct ProcTable {
 
 impl ProcTable {
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, ProcEntry>> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner)
     }
 }
 
@@ -163,7 +164,7 @@ fn spawner(
     let mut pinned: Vec<usize> = Vec::new();
     loop {
         let job = {
-            let g = rx.lock().unwrap_or_else(PoisonError::into_inner);
+            let g = lock(&rx);
             g.recv()
         };
         let Ok(job) = job else {
