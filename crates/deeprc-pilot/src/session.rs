@@ -339,11 +339,7 @@ impl Session {
 
     /// The analytics of the tasks finished so far.
     pub fn summary(&self) -> Summary {
-        let (cores, gpus) = lock(&self.shared.pilots)
-            .iter()
-            .fold((0usize, 0f64), |(c, g), p| {
-                (c + p.total.cores, g + p.total.gpus)
-            });
+        let (cores, gpus) = capacity(&lock(&self.shared.pilots));
         Summary::compute(&lock(&self.shared.records), cores, gpus)
     }
 
@@ -369,6 +365,13 @@ impl Drop for Session {
     }
 }
 
+/// The cores and GPUs of `pilots` together: what utilisation is over.
+fn capacity(pilots: &[Arc<PilotShared>]) -> (usize, f64) {
+    pilots.iter().fold((0, 0.0), |(c, g), p| {
+        (c + p.total.cores, g + p.total.gpus)
+    })
+}
+
 fn write_profile(s: &SessionShared, dir: &Path) -> Result<ProfileFiles> {
     std::fs::create_dir_all(dir)
         .map_err(|e| PilotError::io(format!("creating {}", dir.display()), e))?;
@@ -380,9 +383,7 @@ fn write_profile(s: &SessionShared, dir: &Path) -> Result<ProfileFiles> {
         summary: dir.join("summary.json"),
     };
     let pilots: Vec<Arc<PilotShared>> = lock(&s.pilots).clone();
-    let (cores, gpus) = pilots.iter().fold((0usize, 0f64), |(c, g), p| {
-        (c + p.total.cores, g + p.total.gpus)
-    });
+    let (cores, gpus) = capacity(&pilots);
     let records = lock(&s.records);
     let events = s.events.snapshot();
     profile::write_jsonl(&files.jsonl, &events, &records)?;
@@ -452,9 +453,7 @@ fn close_session(s: &Arc<SessionShared>) -> Result<Summary> {
         }
     }
     let _ = std::fs::remove_dir(&s.sandbox);
-    let (cores, gpus) = pilots.iter().fold((0usize, 0f64), |(c, g), p| {
-        (c + p.total.cores, g + p.total.gpus)
-    });
+    let (cores, gpus) = capacity(&pilots);
     let summary = Summary::compute(&lock(&s.records), cores, gpus);
     written.map(|()| summary)
 }
