@@ -8,6 +8,7 @@
 //! cargo run --release -p deeprc-benches --bin pilot_bench            # full
 //! cargo run --release -p deeprc-benches --bin pilot_bench -- --quick # smaller counts
 //! cargo run --release -p deeprc-benches --bin pilot_bench -- --quick --rounds 3 --peers ray,dask
+//! cargo run --release -p deeprc-benches --bin pilot_bench -- --million
 //! ```
 //!
 //! Options: `--quick` (smaller counts); `--rounds R` (default 1): sections
@@ -34,7 +35,12 @@
 //!    on processes (goal < 50 ms);
 //! 4. per-task overhead of a 4-rank all-reduce "training" task (the Deep RC
 //!    paper's ~4 s is a published figure, not measured here: printed for
-//!    reference, with no ratio).
+//!    reference, with no ratio);
+//! 5. only with `--million` (and then alone): 1,000,000 null function tasks
+//!    on in-process threads, with the pilot's task records kept (the
+//!    profile) and without (`keep_task_records(false)`): the rate, and the
+//!    resident memory (`VmRSS`) after 100,000 and after 1,000,000 tasks,
+//!    whose slope is the memory each task leaves behind.
 //!
 //! Each peer runs in a fresh Python process of the benchmark venv,
 //! `benches/peers/pilot_peers.py` (its docstring gives the workloads and
@@ -179,6 +185,59 @@ fn rate(tm: &TaskManager, n: usize, make: &dyn Fn() -> TaskDescription) -> f64 {
     }
     tm.wait_all();
     n as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// This process's resident memory in KiB (`VmRSS` of `/proc/self/status`).
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Section 5: a million null tasks, with and without task records.
+fn million(registry: &Registry) {
+    println!("## 5. 1,000,000 null function tasks on in-process threads\n");
+    println!("| task records | tasks | tasks/s (last 900,000) | VmRSS after 100,000 (MiB) | after 1,000,000 (MiB) | growth per task (B) | load |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for keep in [true, false] {
+        let session = Session::builder()
+            .registry(registry.clone())
+            .keep_task_records(keep)
+            .build()
+            .expect("session");
+        let pilot = session
+            .pilot_manager()
+            .submit(PilotDescription::local())
+            .expect("pilot");
+        let tm = session.task_manager();
+        tm.add_pilot(&pilot).expect("add pilot");
+        let make = || TaskDescription::function("null");
+        rate(&tm, 100_000, &make);
+        let before = vm_rss_kib();
+        let load = load_average();
+        let r = rate(&tm, 900_000, &make);
+        let after = vm_rss_kib();
+        let (submitted, finished) = tm.counts();
+        assert_eq!(
+            (submitted, finished),
+            (1_000_000, 1_000_000),
+            "every task finished"
+        );
+        let summary = session.close().expect("close");
+        assert_eq!(summary.failed, 0);
+        println!(
+            "| {} | 1,000,000 | {r:.0} | {:.1} | {:.1} | {:.0} | {load:.2} |",
+            if keep { "kept" } else { "not kept" },
+            before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            (after as f64 - before as f64) * 1024.0 / 900_000.0
+        );
+    }
 }
 
 /// Sequential `Command::spawn` + `wait` of `/bin/true`, per second.
@@ -553,6 +612,10 @@ fn versus(ours: Option<f64>, rows: &[Row]) -> String {
 fn main() {
     let registry = registry();
     deeprc_pilot::worker::run_if_worker(&registry);
+    if std::env::args().any(|a| a == "--million") {
+        million(&registry);
+        return;
+    }
     let a = args();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wanted = |p: &&Peer| a.peers.iter().any(|w| w == p.tool);

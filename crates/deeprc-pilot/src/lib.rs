@@ -84,7 +84,7 @@ mod reaper;
 mod registry;
 mod resource;
 mod sampler;
-mod scheduler;
+pub mod scheduler;
 mod session;
 pub mod slurm;
 mod state;

@@ -367,9 +367,9 @@ impl Drop for Session {
 
 /// The cores and GPUs of `pilots` together: what utilisation is over.
 fn capacity(pilots: &[Arc<PilotShared>]) -> (usize, f64) {
-    pilots.iter().fold((0, 0.0), |(c, g), p| {
-        (c + p.total.cores, g + p.total.gpus)
-    })
+    pilots
+        .iter()
+        .fold((0, 0.0), |(c, g), p| (c + p.total.cores, g + p.total.gpus))
 }
 
 fn write_profile(s: &SessionShared, dir: &Path) -> Result<ProfileFiles> {

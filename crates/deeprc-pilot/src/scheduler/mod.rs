@@ -4,29 +4,67 @@
 //! Placement is first fit. A multi-rank task is first tried on a single
 //! node (keeping its ranks together); if no node can hold all of them and
 //! its launch method can span nodes, each rank goes to the first node that
-//! fits it. GPU shares are counted in units of 1/10000 of a GPU, so that
+//! fits it. The first node that may fit is found with an index over the
+//! nodes' free capacity ([`fit`]), not a scan, so placement stays fast on
+//! a pilot of thousands of nodes. GPU shares are counted in units of 1/10000 of a GPU, so that
 //! four 0.25 shares fill a GPU exactly; a rank with a fraction takes it
 //! from the first GPU with enough left, a rank with whole GPUs takes
 //! entirely free ones.
+//!
+//! Public so that placement can be simulated at scale without running
+//! anything (`benches/src/bin/sched_sim.rs`: 10,000 nodes and a million
+//! tasks of mixed shapes):
+//!
+//! ```
+//! use deeprc_pilot::scheduler::{Shape, SlotMap};
+//! use deeprc_pilot::NodeSpec;
+//! let nodes: Vec<NodeSpec> = (0..2)
+//!     .map(|i| NodeSpec {
+//!         name: format!("n{i}"),
+//!         cores: 4,
+//!         gpus: 1,
+//!         memory_bytes: 1 << 30,
+//!         cpu_ids: (0..4).collect(),
+//!         gpu_ids: vec![0],
+//!     })
+//!     .collect();
+//! let mut slots = SlotMap::new(&nodes);
+//! // 6 ranks of one core and a quarter GPU each: too many for one node,
+//! // so they span both (4 + 2).
+//! let shape = Shape { ranks: 6, cores: 1, gpu_units: Shape::gpu_units(0.25), mem: 0, span_nodes: true };
+//! let p = slots.try_place(&shape).expect("fits");
+//! assert_eq!(p.nodes(), vec![0, 1]);
+//! assert_eq!(slots.free_cores(), 2);
+//! slots.release(&p);
+//! assert_eq!(slots.free_cores(), 8);
+//! ```
+
+mod fit;
 
 use crate::{GpuShare, NodeSpec, Placement, RankPlacement};
+use fit::{Capacity, FitTree};
 
 /// GPU share units per GPU.
-pub(crate) const GPU_UNITS: u32 = 10_000;
+pub const GPU_UNITS: u32 = 10_000;
 
 /// What one task needs, in the scheduler's units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Shape {
-    pub(crate) ranks: usize,
-    pub(crate) cores: usize,
-    pub(crate) gpu_units: u32,
-    pub(crate) mem: u64,
-    pub(crate) span_nodes: bool,
+pub struct Shape {
+    /// Ranks (processes or threads) of the task.
+    pub ranks: usize,
+    /// Cores per rank.
+    pub cores: usize,
+    /// GPU per rank, in units of 1/[`GPU_UNITS`] of a GPU.
+    pub gpu_units: u32,
+    /// Memory per rank in bytes.
+    pub mem: u64,
+    /// Whether the ranks may be spread over several nodes.
+    pub span_nodes: bool,
 }
 
 impl Shape {
     /// Converts a fractional GPU amount to units.
-    pub(crate) fn gpu_units(gpus: f64) -> u32 {
+    pub fn gpu_units(gpus: f64) -> u32 {
         (gpus * f64::from(GPU_UNITS)).round() as u32
     }
 }
@@ -113,6 +151,16 @@ impl NodeSlots {
         })
     }
 
+    /// What is free here, as the index sees it.
+    fn capacity(&self) -> Capacity {
+        Capacity {
+            cores: self.n_free,
+            mem: self.mem,
+            gpu_units: self.gpus.iter().copied().max().unwrap_or(0),
+            whole_gpus: self.gpus.iter().filter(|&&g| g == GPU_UNITS).count(),
+        }
+    }
+
     fn release_rank(&mut self, r: &RankPlacement) {
         for &c in &r.cores {
             self.free[c / 64] |= 1u64 << (c % 64);
@@ -128,97 +176,122 @@ impl NodeSlots {
 
 /// The free slots of a pilot.
 #[derive(Debug, Clone)]
-pub(crate) struct SlotMap {
+pub struct SlotMap {
     nodes: Vec<NodeSlots>,
+    fit: FitTree,
     free_cores: usize,
 }
 
+/// What `ranks` ranks of `s` need of one node. Exact for one rank; for
+/// several, a necessary condition (fractional GPU shares may not pack).
+fn need(s: &Shape, ranks: usize) -> Capacity {
+    let fractional = s.gpu_units > 0 && s.gpu_units < GPU_UNITS;
+    Capacity {
+        cores: s.cores * ranks,
+        mem: s.mem * ranks as u64,
+        gpu_units: if fractional { s.gpu_units } else { 0 },
+        whole_gpus: if s.gpu_units >= GPU_UNITS {
+            (s.gpu_units / GPU_UNITS) as usize * ranks
+        } else {
+            0
+        },
+    }
+}
+
 impl SlotMap {
-    pub(crate) fn new(nodes: &[NodeSpec]) -> Self {
+    /// All slots of `nodes` free.
+    pub fn new(nodes: &[NodeSpec]) -> Self {
         let nodes: Vec<NodeSlots> = nodes.iter().map(NodeSlots::new).collect();
         let free_cores = nodes.iter().map(|n| n.n_free).sum();
-        Self { nodes, free_cores }
+        let fit = FitTree::new(nodes.iter().map(NodeSlots::capacity));
+        Self {
+            nodes,
+            fit,
+            free_cores,
+        }
     }
 
     /// Free cores over all nodes.
-    pub(crate) fn free_cores(&self) -> usize {
+    pub fn free_cores(&self) -> usize {
         self.free_cores
     }
 
     /// Places a task, or returns `None` when it does not fit now.
-    pub(crate) fn try_place(&mut self, s: &Shape) -> Option<Placement> {
+    pub fn try_place(&mut self, s: &Shape) -> Option<Placement> {
         if s.ranks * s.cores > self.free_cores {
             return None;
         }
-        // Fast path: one rank of one core, no GPU, no memory.
-        if s.ranks == 1 {
-            for (i, n) in self.nodes.iter_mut().enumerate() {
-                if let Some(r) = n.alloc_rank(i, s) {
-                    self.free_cores -= s.cores;
-                    return Some(Placement { ranks: vec![r] });
-                }
-            }
-            return None;
-        }
-        // All ranks on one node.
-        for i in 0..self.nodes.len() {
-            let n = &self.nodes[i];
-            if n.n_free < s.ranks * s.cores || n.mem < s.mem * s.ranks as u64 {
-                continue;
-            }
-            if let Some(p) = self.place_ranks(s, |_| Some(i)) {
+        // All ranks on the first node that can hold them together.
+        let together = need(s, s.ranks);
+        let mut from = 0;
+        while let Some(i) = self.fit.first_covering(from, &together) {
+            if let Some(p) = self.place_ranks(s, Some(i)) {
                 return Some(p);
             }
+            from = i + 1;
         }
-        if !s.span_nodes {
+        if !s.span_nodes || s.ranks == 1 {
             return None;
         }
         // Spread: each rank on the first node that fits it.
-        self.place_ranks(s, |_| None)
+        self.place_ranks(s, None)
     }
 
-    /// Allocates rank by rank; `node_for(rank)` forces a node or lets the
-    /// first fitting node take it. Rolls back on failure.
-    fn place_ranks(
-        &mut self,
-        s: &Shape,
-        node_for: impl Fn(usize) -> Option<usize>,
-    ) -> Option<Placement> {
+    /// The index learns node `i`'s free capacity.
+    fn refresh(&mut self, i: usize) {
+        self.fit.set(i, self.nodes[i].capacity());
+    }
+
+    /// Allocates rank by rank, all on `node` or each on the first node that
+    /// fits it. Rolls back on failure.
+    fn place_ranks(&mut self, s: &Shape, node: Option<usize>) -> Option<Placement> {
+        let one = need(s, 1);
         let mut ranks: Vec<RankPlacement> = Vec::with_capacity(s.ranks);
-        for r in 0..s.ranks {
-            let got = match node_for(r) {
+        for _ in 0..s.ranks {
+            let got = match node {
                 Some(i) => self.nodes[i].alloc_rank(i, s),
                 None => self
-                    .nodes
-                    .iter_mut()
-                    .enumerate()
-                    .find_map(|(i, n)| n.alloc_rank(i, s)),
+                    .fit
+                    .first_covering(0, &one)
+                    .and_then(|i| self.nodes[i].alloc_rank(i, s)),
             };
             match got {
-                Some(p) => ranks.push(p),
+                Some(p) => {
+                    if node.is_none() {
+                        self.refresh(p.node);
+                    }
+                    ranks.push(p);
+                }
                 None => {
                     for p in &ranks {
                         self.nodes[p.node].release_rank(p);
+                        self.refresh(p.node);
                     }
                     return None;
                 }
             }
+        }
+        if let Some(i) = node {
+            self.refresh(i);
         }
         self.free_cores -= s.ranks * s.cores;
         Some(Placement { ranks })
     }
 
     /// Frees a placement made by this map.
-    pub(crate) fn release(&mut self, p: &Placement) {
+    pub fn release(&mut self, p: &Placement) {
         for r in &p.ranks {
             self.nodes[r.node].release_rank(r);
             self.free_cores += r.cores.len();
+        }
+        for i in p.nodes() {
+            self.refresh(i);
         }
     }
 
     /// Why `s` can never fit in an empty pilot of `nodes`, or `None` when
     /// it can.
-    pub(crate) fn never_fits(nodes: &[NodeSpec], s: &Shape) -> Option<String> {
+    pub fn never_fits(nodes: &[NodeSpec], s: &Shape) -> Option<String> {
         let mut empty = SlotMap::new(nodes);
         if empty.try_place(s).is_some() {
             return None;
