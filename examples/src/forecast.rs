@@ -335,6 +335,25 @@ fn evaluate(
     Ok(sums)
 }
 
+/// This thread's dropout generator for the length of a training: seeded
+/// from the run's seed and the rank, forgotten at the end.
+struct RankDropout;
+
+impl RankDropout {
+    fn seed(seed: u64, rank: usize) -> Self {
+        deeprc_models::dropout::seed_thread(
+            seed ^ (rank as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
+        RankDropout
+    }
+}
+
+impl Drop for RankDropout {
+    fn drop(&mut self) {
+        deeprc_models::dropout::unseed_thread();
+    }
+}
+
 /// Trains and tests one model on ETTh1 on every rank of `comm` (all ranks
 /// call it with the same options and the whole table); returns the same
 /// report on every rank.
@@ -372,6 +391,9 @@ pub fn train_forecaster(
         deeprc_models::build(&opts.model, &vs.root(), &cfg)
     })?;
     let model = ChannelIndependent::new(inner, cfg.input_size, cfg.horizon, scaling);
+    // Dropout masks from this rank's own generator, so that concurrent
+    // ranks and tasks in one process cannot change each other's masks.
+    let _masks = RankDropout::seed(opts.seed, comm.rank());
     let mut trainer =
         DistributedTrainer::new(&vs, Arc::clone(&comm), OptimizerKind::adam(), opts.lr)?
             .clip_grad_norm(1.0);

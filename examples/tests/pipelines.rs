@@ -413,3 +413,30 @@ fn a_basin_without_overlapping_dates_is_named_and_the_others_go_on() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A model with dropout trains to the same numbers alone and while another
+/// training runs on other threads of the same process (as concurrent
+/// pilot tasks do): each rank draws its masks from its own generator.
+/// With libtorch's process-wide generator the two trainings took each
+/// other's random numbers and PatchTST's curve depended on the timing.
+#[test]
+fn dropout_models_train_the_same_beside_another_training() {
+    deeprc_bridge::tch::tch_crate::set_num_threads(1);
+    let dir = scratch("dropout");
+    let train = |args: &ForecastTask| -> TrainSummary {
+        local::launch(1, |c| pipelines::forecast_train_task(Arc::new(c), args))
+            .unwrap()
+            .remove(0)
+    };
+    let alone = train(&forecast_args(&dir.join("alone"), "PatchTST"));
+    let other = forecast_args(&dir.join("other"), "Autoformer");
+    let beside = std::thread::scope(|s| {
+        let h = s.spawn(|| train(&other));
+        let mine = train(&forecast_args(&dir.join("beside"), "PatchTST"));
+        h.join().unwrap();
+        mine
+    });
+    assert_eq!(beside.curve, alone.curve);
+    assert_eq!(beside.mse.to_bits(), alone.mse.to_bits());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -51,6 +51,7 @@
 //! its correlation is one lag short; here the inverse FFT has the
 //! sequence's length.
 
+use crate::dropout::Dropout;
 use crate::layers::attention::{check_dropout, Activation, DataEmbedding};
 use crate::layers::decomp::series_decomp;
 use crate::layers::torch_linear;
@@ -283,8 +284,8 @@ impl FeedForward {
         let y = self
             .activation
             .apply(&self.ff1.forward(x))
-            .dropout(self.dropout, train);
-        self.ff2.forward(&y).dropout(self.dropout, train)
+            .dropout_t(self.dropout, train);
+        self.ff2.forward(&y).dropout_t(self.dropout, train)
     }
 }
 
@@ -327,7 +328,7 @@ impl EncoderLayer {
         let a = self
             .attention
             .forward_t(x, x, train)
-            .dropout(self.dropout, train);
+            .dropout_t(self.dropout, train);
         let (x, _) = series_decomp(&(x + a), self.kernel);
         let y = self.ff.forward_t(&x, train);
         series_decomp(&(x + y), self.kernel).0
@@ -377,12 +378,15 @@ impl DecoderLayer {
     /// The seasonal part `[B, Ld, D]` and this layer's trend `[B, Ld, 1]`.
     fn forward_t(&self, x: &Tensor, memory: &Tensor, train: bool) -> (Tensor, Tensor) {
         let p = self.dropout;
-        let a = self.self_attention.forward_t(x, x, train).dropout(p, train);
+        let a = self
+            .self_attention
+            .forward_t(x, x, train)
+            .dropout_t(p, train);
         let (x, t1) = series_decomp(&(x + a), self.kernel);
         let c = self
             .cross_attention
             .forward_t(&x, memory, train)
-            .dropout(p, train);
+            .dropout_t(p, train);
         let (x, t2) = series_decomp(&(x + c), self.kernel);
         let y = self.ff.forward_t(&x, train);
         let (x, t3) = series_decomp(&(x + y), self.kernel);

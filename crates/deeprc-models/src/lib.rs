@@ -69,6 +69,7 @@ macro_rules! forecaster_via_try_forward {
 }
 pub(crate) use forecaster_via_try_forward;
 
+pub mod dropout;
 pub mod error;
 pub mod layers;
 

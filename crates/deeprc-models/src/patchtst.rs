@@ -56,6 +56,7 @@
 //! config. [`crate::ChannelIndependent`] may scale the windows as well;
 //! RevIN then sees windows that are already standardised.
 
+use crate::dropout::Dropout;
 use crate::layers::attention::{check_dropout, Activation, MultiHeadAttention};
 use crate::layers::torch_linear;
 use crate::{check_window, ForecastConfig, Forecaster, ModelError, Result};
@@ -313,7 +314,7 @@ impl EncoderLayer {
             .attention
             .forward_with_scores(&src, &src, false, prev, train);
         // the projection's dropout, then the residual dropout
-        src = &src + a.dropout(p, train).dropout(p, train);
+        src = &src + a.dropout_t(p, train).dropout_t(p, train);
         if !self.pre_norm {
             src = self.norm_attn.forward_t(&src, train);
         }
@@ -324,9 +325,9 @@ impl EncoderLayer {
             &self
                 .activation
                 .apply(&self.ff1.forward(&src))
-                .dropout(p, train),
+                .dropout_t(p, train),
         );
-        src = &src + y.dropout(p, train);
+        src = &src + y.dropout_t(p, train);
         if !self.pre_norm {
             src = self.norm_ffn.forward_t(&src, train);
         }
@@ -460,7 +461,7 @@ impl PatchTST {
         }
         let patches = z.unfold(1, c.patch_len, c.stride); // [N, n, P]
         let mut u = (self.patch_embedding.forward(&patches) + &self.pos_embedding)
-            .dropout(c.dropout, train);
+            .dropout_t(c.dropout, train);
         let mut scores: Option<Tensor> = None;
         for layer in &self.layers {
             let prev = if c.res_attention {
@@ -474,7 +475,7 @@ impl PatchTST {
         }
         // [N, n, D] -> [N, D, n] -> [N, D * n] (NeuralForecast's flatten order)
         let flat = u.transpose(1, 2).flatten(1, 2);
-        let y = self.head.forward(&flat).dropout(c.head_dropout, train);
+        let y = self.head.forward(&flat).dropout_t(c.head_dropout, train);
         Ok(match (&self.revin, &stats) {
             (Some(r), Some(s)) => r.denorm(&y, s),
             _ => y,

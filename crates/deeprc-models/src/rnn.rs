@@ -203,14 +203,34 @@ impl RecurrentStack {
                 &zero
             }
         };
+        // libtorch's fused op draws its inter-layer dropout from the
+        // process-wide generator; when this thread has its own (see
+        // `crate::dropout`), run the layers one by one and drop out
+        // between them with it.
+        if train && self.dropout > 0.0 && self.layers > 1 && crate::dropout::thread_is_seeded() {
+            return self.run_layer_by_layer(x, state, train);
+        }
+        self.run_fused(x, state, self.layers, &self.weights, self.dropout, train)
+    }
+
+    /// The fused op over `layers` layers of `weights` (4 per layer).
+    fn run_fused(
+        &self,
+        x: &Tensor,
+        state: &RecurrentState,
+        layers: i64,
+        weights: &[Tensor],
+        dropout: f64,
+        train: bool,
+    ) -> (Tensor, RecurrentState) {
         match state {
             RecurrentState::Lstm(h, c) => {
                 let (out, h, c) = x.lstm(
                     &[h, c],
-                    &self.weights.iter().collect::<Vec<_>>(),
+                    &weights.iter().collect::<Vec<_>>(),
                     true,
-                    self.layers,
-                    self.dropout,
+                    layers,
+                    dropout,
                     train,
                     false,
                     true,
@@ -218,19 +238,50 @@ impl RecurrentStack {
                 (out, RecurrentState::Lstm(h, c))
             }
             RecurrentState::Gru(h) => {
-                let (out, h) = x.gru(
-                    h,
-                    &self.weights,
-                    true,
-                    self.layers,
-                    self.dropout,
-                    train,
-                    false,
-                    true,
-                );
+                let (out, h) = x.gru(h, weights, true, layers, dropout, train, false, true);
                 (out, RecurrentState::Gru(h))
             }
         }
+    }
+
+    /// One layer at a time, with this thread's dropout between layers.
+    fn run_layer_by_layer(
+        &self,
+        x: &Tensor,
+        state: &RecurrentState,
+        train: bool,
+    ) -> (Tensor, RecurrentState) {
+        use crate::dropout::Dropout;
+        let layer_state = |l: i64| match state {
+            RecurrentState::Lstm(h, c) => {
+                RecurrentState::Lstm(h.narrow(0, l, 1), c.narrow(0, l, 1))
+            }
+            RecurrentState::Gru(h) => RecurrentState::Gru(h.narrow(0, l, 1)),
+        };
+        let mut input = x.shallow_clone();
+        let (mut hs, mut cs) = (Vec::new(), Vec::new());
+        for l in 0..self.layers {
+            let w = &self.weights[4 * l as usize..4 * (l as usize + 1)];
+            let (out, st) = self.run_fused(&input, &layer_state(l), 1, w, 0.0, train);
+            match st {
+                RecurrentState::Lstm(h, c) => {
+                    hs.push(h);
+                    cs.push(c);
+                }
+                RecurrentState::Gru(h) => hs.push(h),
+            }
+            input = if l + 1 < self.layers {
+                out.dropout_t(self.dropout, true)
+            } else {
+                out
+            };
+        }
+        let h = Tensor::cat(&hs, 0);
+        let st = match self.cell {
+            RnnCell::Lstm => RecurrentState::Lstm(h, Tensor::cat(&cs, 0)),
+            RnnCell::Gru => RecurrentState::Gru(h),
+        };
+        (input, st)
     }
 }
 
@@ -570,5 +621,39 @@ mod tests {
         let a = m.forward_t(&x, false);
         let b = m.forward_t(&x, false);
         assert!(a.allclose(&b, 0.0, 0.0, false));
+    }
+
+    /// Layer by layer is the fused op when no dropout is drawn, and with
+    /// this thread's generator the same seed gives the same output.
+    #[test]
+    fn layer_by_layer_matches_the_fused_op() {
+        setup();
+        for cell in [RnnCell::Lstm, RnnCell::Gru] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let plain = RecurrentStack::new(&(vs.root() / "a"), "test", cell, 3, 8, 3, 0.0)
+                .expect("builds");
+            let x = Tensor::randn([2, 5, 3], (Kind::Float, Device::Cpu));
+            let zero = plain.zero_state(2);
+            let (fused, _) = plain.run_fused(&x, &zero, 3, &plain.weights, 0.0, true);
+            let (stepwise, st) = plain.run_layer_by_layer(&x, &zero, true);
+            assert!(fused.allclose(&stepwise, 1e-6, 1e-6, false), "{cell:?}");
+            let h = match st {
+                RecurrentState::Lstm(h, _) | RecurrentState::Gru(h) => h,
+            };
+            assert_eq!(h.size(), vec![3, 2, 8]);
+            let dropped = RecurrentStack::new(&(vs.root() / "b"), "test", cell, 3, 8, 3, 0.5)
+                .expect("builds");
+            let run = |seed| {
+                crate::dropout::seed_thread(seed);
+                let (out, _) = dropped.run(&x, None, true);
+                crate::dropout::unseed_thread();
+                out
+            };
+            assert!(run(4).equal(&run(4)), "{cell:?}: same seed, same output");
+            assert!(
+                !run(4).equal(&run(5)),
+                "{cell:?}: another seed, other masks"
+            );
+        }
     }
 }

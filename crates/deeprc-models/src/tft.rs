@@ -56,6 +56,7 @@
 //! Layer norms use `eps = 1e-3` as NeuralForecast; linear maps and LSTMs
 //! have PyTorch's initialisation.
 
+use crate::dropout::Dropout;
 use crate::layers::attention::{check_dropout, scaled_dot_product_attention};
 use crate::layers::torch_linear;
 use crate::{check_window, ForecastConfig, Forecaster, ModelError, Result};
@@ -198,7 +199,7 @@ impl Grn {
 
     fn forward_t(&self, a: &Tensor, train: bool) -> Tensor {
         let x = self.lin_a.forward(a).elu();
-        let x = self.lin_i.forward(&x).dropout(self.dropout, train);
+        let x = self.lin_i.forward(&x).dropout_t(self.dropout, train);
         let x = self.glu.forward(&x);
         let skip = match &self.skip {
             Some(s) => s.forward(a),
@@ -250,7 +251,7 @@ impl InterpretableAttention {
         let v = parts[2].unsqueeze(1); // [B, 1, T, d], shared by the heads
         let (o, _) = scaled_dot_product_attention(&q, &k, &v, true, None, self.attn_dropout, train);
         let o = o.mean_dim(1, false, Kind::Float); // [B, T, d]
-        self.out.forward(&o).dropout(self.dropout, train)
+        self.out.forward(&o).dropout_t(self.dropout, train)
     }
 }
 

@@ -38,6 +38,7 @@
 //! `L = H = 96`. Small: 16, 16, 3, 3, 2, 0.1: 54,753 parameters at
 //! `L = H = 96`.
 
+use crate::dropout::Dropout;
 use crate::{ForecastConfig, Forecaster, ModelError, Result};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -315,7 +316,7 @@ impl Forecaster for TimesNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let emb = self.token.forward(&x.unsqueeze(1)).transpose(1, 2)
             + self.positions.to_device(x.device());
-        let emb = emb.dropout(self.cfg.dropout, train);
+        let emb = emb.dropout_t(self.cfg.dropout, train);
         let mut z = self.predict.forward(&emb.transpose(1, 2)).transpose(1, 2);
         for block in &self.blocks {
             z = self.norm.forward(&block.forward(&z));

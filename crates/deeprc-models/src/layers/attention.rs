@@ -29,6 +29,7 @@
 //! Shapes: sequences are `[B, T, d_model]` (batch first).
 
 use super::torch_linear;
+use crate::dropout::Dropout;
 use crate::{ModelError, Result};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
@@ -91,7 +92,7 @@ pub fn scaled_dot_product_attention(
     } else {
         scores.shallow_clone()
     };
-    let probs = masked.softmax(-1, q.kind()).dropout(dropout, train);
+    let probs = masked.softmax(-1, q.kind()).dropout_t(dropout, train);
     (probs.matmul(v), scores)
 }
 
@@ -278,8 +279,8 @@ impl FeedForward {
         let y = self
             .activation
             .apply(&self.ff1.forward(x))
-            .dropout(self.dropout, train);
-        self.ff2.forward(&y).dropout(self.dropout, train)
+            .dropout_t(self.dropout, train);
+        self.ff2.forward(&y).dropout_t(self.dropout, train)
     }
 }
 
@@ -331,7 +332,7 @@ impl EncoderLayer {
     /// when `causal`).
     pub fn forward_t(&self, x: &Tensor, causal: bool, train: bool) -> Tensor {
         let a = self.attention.forward_t(x, x, causal, train);
-        let x = self.norm1.forward(&(x + a.dropout(self.dropout, train)));
+        let x = self.norm1.forward(&(x + a.dropout_t(self.dropout, train)));
         let y = self.ff.forward_t(&x, train);
         self.norm2.forward(&(x + y))
     }
@@ -394,9 +395,9 @@ impl DecoderLayer {
     /// `causal`.
     pub fn forward_t(&self, x: &Tensor, memory: &Tensor, causal: bool, train: bool) -> Tensor {
         let a = self.self_attention.forward_t(x, x, causal, train);
-        let x = self.norm1.forward(&(x + a.dropout(self.dropout, train)));
+        let x = self.norm1.forward(&(x + a.dropout_t(self.dropout, train)));
         let c = self.cross_attention.forward_t(&x, memory, false, train);
-        let x = self.norm2.forward(&(x + c.dropout(self.dropout, train)));
+        let x = self.norm2.forward(&(x + c.dropout_t(self.dropout, train)));
         let y = self.ff.forward_t(&x, train);
         self.norm3.forward(&(x + y))
     }
@@ -494,7 +495,7 @@ impl DataEmbedding {
             Some(pe) => e + pe.narrow(0, 0, x.size()[1]).unsqueeze(0),
             None => e,
         };
-        e.dropout(self.dropout, train)
+        e.dropout_t(self.dropout, train)
     }
 }
 

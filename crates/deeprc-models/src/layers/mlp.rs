@@ -12,6 +12,7 @@
 //! and `norm` for [`ResidualBlock`].
 
 use super::linear;
+use crate::dropout::Dropout;
 use tch::nn::{self, Module};
 use tch::Tensor;
 
@@ -49,7 +50,7 @@ impl ReluMlp {
         for layer in &self.hidden {
             h = layer.forward(&h).relu();
             if self.dropout > 0.0 {
-                h = h.dropout(self.dropout, train);
+                h = h.dropout_t(self.dropout, train);
             }
         }
         self.out.forward(&h)
@@ -93,7 +94,7 @@ impl ResidualBlock {
         let h = self
             .dense_out
             .forward(&self.dense_in.forward(x).relu())
-            .dropout(self.dropout, train);
+            .dropout_t(self.dropout, train);
         let y = h + self.skip.forward(x);
         match &self.norm {
             Some(norm) => norm.forward(&y),
