@@ -16,6 +16,7 @@
 //!                              └── Rank / WorkerExited ────────┘──> scheduler
 //! ```
 
+use crate::ready::ReadyQueue;
 use crate::{
     launch::{
         check_commands,
@@ -39,7 +40,7 @@ use deeprc_core::sync::lock;
 use deeprc_core::{now_ns, TaskId};
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, BinaryHeap, HashMap, VecDeque},
+    collections::{BinaryHeap, HashMap, VecDeque},
     panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
     sync::{
@@ -288,7 +289,7 @@ struct Agent {
     tx: Sender<AgentEvent>,
     slots: SlotMap,
     core_base: Vec<usize>,
-    ready: BTreeMap<(Reverse<i32>, u64), Arc<TaskShared>>,
+    ready: ReadyQueue,
     blocked: HashMap<u64, Blocked>,
     waiting_on: HashMap<u64, Vec<u64>>,
     dep_queue: VecDeque<(TaskId, TaskState)>,
@@ -359,7 +360,7 @@ impl Agent {
             rx,
             tx,
             core_base,
-            ready: BTreeMap::new(),
+            ready: ReadyQueue::default(),
             blocked: HashMap::new(),
             waiting_on: HashMap::new(),
             dep_queue: VecDeque::new(),
@@ -437,7 +438,7 @@ impl Agent {
         let reason = FailReason::Launch(format!("the agent of {} failed: {why}", self.pilot.id));
         let mut tasks: Vec<Arc<TaskShared>> = Vec::new();
         tasks.extend(self.blocked.drain().map(|(_, b)| b.task));
-        tasks.extend(std::mem::take(&mut self.ready).into_values());
+        tasks.extend(self.ready.take_all());
         tasks.extend(self.running.drain().map(|(_, r)| r.task));
         while let Ok(ev) = self.rx.try_recv() {
             if let AgentEvent::Submit(ts) = ev {
@@ -622,7 +623,7 @@ impl Agent {
     }
 
     fn enqueue(&mut self, t: Arc<TaskShared>) {
-        self.ready.insert((Reverse(t.desc.priority), t.id.0), t);
+        self.ready.insert(t);
         self.dirty = true;
     }
 
@@ -636,7 +637,7 @@ impl Agent {
         let mut placed: Vec<((Reverse<i32>, u64), Placement, u64)> = Vec::new();
         let mut failed: Vec<Shape> = Vec::new();
         let mut blocked_priority: Option<i32> = None;
-        for (key, task) in &self.ready {
+        for (key, task) in self.ready.iter() {
             if self.slots.free_cores() == 0 {
                 break;
             }
@@ -653,6 +654,11 @@ impl Agent {
                 None => {
                     failed.push(task.shape);
                     blocked_priority = Some(prio);
+                    // Nothing later can be placed: lower priorities wait,
+                    // and every shape of this one has failed.
+                    if self.ready.all_shapes_failed(prio, &failed) {
+                        break;
+                    }
                 }
             }
         }
@@ -1275,13 +1281,11 @@ impl Agent {
             );
             return;
         }
-        if let Some(key) = self.ready.keys().find(|k| k.1 == id.0).copied() {
-            if let Some(t) = self.ready.remove(&key) {
-                self.finalize(
-                    &t,
-                    Final::early(TaskState::Canceled, Some(FailReason::Canceled)),
-                );
-            }
+        if let Some(t) = self.ready.remove_id(id.0) {
+            self.finalize(
+                &t,
+                Final::early(TaskState::Canceled, Some(FailReason::Canceled)),
+            );
             return;
         }
         self.stop(id.0, FailReason::Canceled);
@@ -1299,8 +1303,7 @@ impl Agent {
                 Final::early(TaskState::Canceled, Some(FailReason::Canceled)),
             );
         }
-        let ready = std::mem::take(&mut self.ready);
-        for (_, t) in ready {
+        for t in self.ready.take_all() {
             self.finalize(
                 &t,
                 Final::early(TaskState::Canceled, Some(FailReason::Canceled)),

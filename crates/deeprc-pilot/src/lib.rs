@@ -80,6 +80,7 @@ mod journal;
 mod launch;
 mod orphan;
 mod profile;
+mod ready;
 mod reaper;
 mod registry;
 mod resource;
