@@ -9,6 +9,7 @@
 //! cargo run --release -p deeprc-benches --bin pilot_bench -- --quick # smaller counts
 //! cargo run --release -p deeprc-benches --bin pilot_bench -- --quick --rounds 3 --peers ray,dask
 //! cargo run --release -p deeprc-benches --bin pilot_bench -- --million
+//! cargo run --release -p deeprc-benches --bin pilot_bench -- --blocked 20000
 //! ```
 //!
 //! Options: `--quick` (smaller counts); `--rounds R` (default 1): sections
@@ -40,7 +41,11 @@
 //!    on in-process threads, with the pilot's task records kept (the
 //!    profile) and without (`keep_task_records(false)`): the rate, and the
 //!    resident memory (`VmRSS`) after 100,000 and after 1,000,000 tasks,
-//!    whose slope is the memory each task leaves behind.
+//!    whose slope is the memory each task leaves behind;
+//! 6. only with `--blocked N` (and then alone): N null tasks of 2 cores
+//!    each on a pilot of 3 cores, so that one core stays free and every
+//!    scheduling pass meets a task that does not fit: the rate, which a
+//!    pass walking the whole queue makes fall with N.
 //!
 //! Each peer runs in a fresh Python process of the benchmark venv,
 //! `benches/peers/pilot_peers.py` (its docstring gives the workloads and
@@ -63,8 +68,8 @@
 use deeprc_benches::{load_average, median, peers_python};
 use deeprc_comm::{CommunicatorExt, ReduceOp};
 use deeprc_pilot::{
-    FunctionLaunch, PilotDescription, Registry, Session, Stats, Task, TaskContext, TaskDescription,
-    TaskManager, TaskState,
+    FunctionLaunch, PilotDescription, Registry, Session, SessionBuilder, Stats, Task, TaskContext,
+    TaskDescription, TaskManager, TaskState,
 };
 use std::{
     io::Read,
@@ -159,11 +164,8 @@ fn args() -> Args {
     }
 }
 
-fn new_session(registry: Registry, desc: PilotDescription) -> (Session, TaskManager) {
-    let session = Session::builder()
-        .registry(registry)
-        .build()
-        .expect("session");
+fn new_session(builder: SessionBuilder, desc: PilotDescription) -> (Session, TaskManager) {
+    let session = builder.build().expect("session");
     let pilot = session.pilot_manager().submit(desc).expect("pilot");
     let tm = session.task_manager();
     tm.add_pilot(&pilot).expect("add pilot");
@@ -187,16 +189,9 @@ fn rate(tm: &TaskManager, n: usize, make: &dyn Fn() -> TaskDescription) -> f64 {
     n as f64 / t0.elapsed().as_secs_f64()
 }
 
-/// This process's resident memory in KiB (`VmRSS` of `/proc/self/status`).
-fn vm_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+/// This process's resident memory in KiB.
+fn rss_kib() -> u64 {
+    deeprc_pilot::current_rss_bytes().unwrap_or(0) / 1024
 }
 
 /// Section 5: a million null tasks, with and without task records.
@@ -205,23 +200,18 @@ fn million(registry: &Registry) {
     println!("| task records | tasks | tasks/s (last 900,000) | VmRSS after 100,000 (MiB) | after 1,000,000 (MiB) | growth per task (B) | load |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for keep in [true, false] {
-        let session = Session::builder()
-            .registry(registry.clone())
-            .keep_task_records(keep)
-            .build()
-            .expect("session");
-        let pilot = session
-            .pilot_manager()
-            .submit(PilotDescription::local())
-            .expect("pilot");
-        let tm = session.task_manager();
-        tm.add_pilot(&pilot).expect("add pilot");
+        let (session, tm) = new_session(
+            Session::builder()
+                .registry(registry.clone())
+                .keep_task_records(keep),
+            PilotDescription::local(),
+        );
         let make = || TaskDescription::function("null");
         rate(&tm, 100_000, &make);
-        let before = vm_rss_kib();
+        let before = rss_kib();
         let load = load_average();
         let r = rate(&tm, 900_000, &make);
-        let after = vm_rss_kib();
+        let after = rss_kib();
         let (submitted, finished) = tm.counts();
         assert_eq!(
             (submitted, finished),
@@ -238,6 +228,22 @@ fn million(registry: &Registry) {
             (after as f64 - before as f64) * 1024.0 / 900_000.0
         );
     }
+}
+
+/// Section 6: `n` 2-core tasks on a 3-core pilot.
+fn blocked(registry: &Registry, n: usize) {
+    let (session, tm) = new_session(
+        Session::builder()
+            .registry(registry.clone())
+            .keep_task_records(false),
+        PilotDescription::local().cores(3),
+    );
+    let make = || TaskDescription::function("null").cores_per_rank(2);
+    let load = load_average();
+    let r = rate(&tm, n, &make);
+    let summary = session.close().expect("close");
+    assert_eq!(summary.failed, 0);
+    println!("## 6. {n} null tasks of 2 cores on a 3-core pilot: {r:.0} tasks/s (load {load:.2})");
 }
 
 /// Sequential `Command::spawn` + `wait` of `/bin/true`, per second.
@@ -616,6 +622,11 @@ fn main() {
         million(&registry);
         return;
     }
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(n) = flag(&argv, "--blocked") {
+        blocked(&registry, n.parse().expect("--blocked N"));
+        return;
+    }
     let a = args();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wanted = |p: &&Peer| a.peers.iter().any(|w| w == p.tool);
@@ -672,7 +683,10 @@ fn main() {
             .into_iter()
             .enumerate()
         {
-            let (session, tm) = new_session(registry.clone(), PilotDescription::local());
+            let (session, tm) = new_session(
+                Session::builder().registry(registry.clone()),
+                PilotDescription::local(),
+            );
             let make = move || TaskDescription::function("null").function_launch(launch);
             rate(&tm, 5_000, &make); // warm-up (starts the workers)
             let load = load_average();
@@ -706,17 +720,12 @@ fn main() {
         for (i, (_, _, root)) in places.iter().enumerate() {
             let cost = sandbox_cost_us(root, 300);
             let sandbox = root.join(format!("deeprc-pilot-bench-{}", std::process::id()));
-            let session = Session::builder()
-                .registry(registry.clone())
-                .sandbox(&sandbox)
-                .build()
-                .expect("session");
-            let pilot = session
-                .pilot_manager()
-                .submit(PilotDescription::local())
-                .expect("pilot");
-            let tm = session.task_manager();
-            tm.add_pilot(&pilot).expect("add pilot");
+            let (session, tm) = new_session(
+                Session::builder()
+                    .registry(registry.clone())
+                    .sandbox(&sandbox),
+                PilotDescription::local(),
+            );
             let make = || TaskDescription::executable(["/bin/true"]);
             rate(&tm, 500, &make);
             let load = load_average();
@@ -806,7 +815,8 @@ fn main() {
     let four = PilotDescription::local().cores(cpus.max(4));
     let mut comm_medians = Vec::new();
     for launch in [FunctionLaunch::Threads, FunctionLaunch::Processes] {
-        let (session, tm) = new_session(registry.clone(), four.clone());
+        let (session, tm) =
+            new_session(Session::builder().registry(registry.clone()), four.clone());
         let make = move || {
             TaskDescription::function("comm")
                 .ranks(4)
@@ -846,7 +856,8 @@ fn main() {
     // 4. Per-task overhead of a 4-rank all-reduce training task.
     println!();
     for launch in [FunctionLaunch::Threads, FunctionLaunch::Processes] {
-        let (session, tm) = new_session(registry.clone(), four.clone());
+        let (session, tm) =
+            new_session(Session::builder().registry(registry.clone()), four.clone());
         let make = move || {
             TaskDescription::function("train")
                 .ranks(4)

@@ -22,8 +22,12 @@
 //! source scripts/env.sh
 //! cargo run --release -p deeprc-benches --features tch --bin pipeline_schedules -- \
 //!     [--models all|NLinear,...] [--ranks 1] [--steps 100] [--parts 10] [--cores N] \
-//!     [--modes concurrent,sequential,separate] [--out out/schedules]
+//!     [--modes concurrent,sequential,separate] [--train-first] [--out out/schedules]
 //! ```
+//!
+//! `--train-first` gives the training tasks a higher priority than the
+//! prediction tasks under the pilot, so that every training starts before
+//! any prediction task takes a core.
 
 use deeprc_comm::local;
 use deeprc_examples::pipelines::{self, ForecastTask, TrainSummary};
@@ -50,6 +54,9 @@ struct Args {
     cores: usize,
     modes: Vec<String>,
     out: PathBuf,
+    /// Training tasks at a higher priority than prediction tasks (the pilot
+    /// modes), so that the long trainings start first.
+    train_first: bool,
     /// Internal: run one model's pipeline on bare metal and print its
     /// phases as one JSON line (the `separate` mode's child processes).
     one: Option<String>,
@@ -64,6 +71,7 @@ fn parse() -> Result<Args, Error> {
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         modes: MODES.iter().map(|s| s.to_string()).collect(),
         out: PathBuf::from("out/schedules"),
+        train_first: false,
         one: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
@@ -88,6 +96,10 @@ fn parse() -> Result<Args, Error> {
             "--modes" => a.modes = val()?.split(',').map(str::to_string).collect(),
             "--out" => a.out = PathBuf::from(val()?),
             "--one" => a.one = Some(val()?),
+            "--train-first" => {
+                a.train_first = true;
+                i -= 1;
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
         i += 2;
@@ -183,6 +195,7 @@ fn run_pilot(a: &Args, mode: &str, registry: deeprc_pilot::Registry) -> Result<O
             TaskDescription::function("forecast_train")
                 .name(format!("train {m}"))
                 .ranks(a.ranks)
+                .priority(i32::from(a.train_first))
                 .try_args(&t)?,
         )?;
         let mut predicts = Vec::new();
@@ -424,12 +437,17 @@ fn write_report(a: &Args, outcomes: &[Outcome]) -> Result<(), Error> {
         "failed pipelines",
     ];
     let mut md = format!(
-        "# {} forecasting pipelines, three schedules\n\n{} training steps on {} rank(s) and {} prediction tasks per pipeline, {} core(s).\n\n",
+        "# {} forecasting pipelines, three schedules\n\n{} training steps on {} rank(s) and {} prediction tasks per pipeline, {} core(s){}.\n\n",
         a.models.len(),
         a.steps,
         a.ranks,
         a.parts,
-        a.cores
+        a.cores,
+        if a.train_first {
+            ", training tasks at a higher priority"
+        } else {
+            ""
+        }
     );
     md.push_str(&markdown_table(&header, &rows));
     // The same seed and data: every mode must give each model the same MSE.

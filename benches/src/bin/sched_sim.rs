@@ -91,15 +91,8 @@ fn nodes(n: usize) -> Vec<NodeSpec> {
         .collect()
 }
 
-fn vm_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+fn rss_kib() -> u64 {
+    deeprc_pilot::current_rss_bytes().unwrap_or(0) / 1024
 }
 
 struct Run {
@@ -124,7 +117,7 @@ fn simulate(n: usize, tasks: usize, budget: Duration) -> Run {
     let mut free: Vec<usize> = Vec::new();
     let (mut clock, mut placed, mut released, mut peak_live) = (0u64, 0u64, 0u64, 0usize);
     let (mut core_time, mut busy_cores) = (0f64, 0usize);
-    let rss0 = vm_rss_kib();
+    let rss0 = rss_kib();
     let mut rss_peak = rss0;
     let t0 = Instant::now();
     let mut done = 0;
@@ -147,7 +140,7 @@ fn simulate(n: usize, tasks: usize, budget: Duration) -> Run {
                 if live.len() > peak_live {
                     peak_live = live.len();
                     if peak_live % 1024 == 0 {
-                        rss_peak = rss_peak.max(vm_rss_kib());
+                        rss_peak = rss_peak.max(rss_kib());
                     }
                 }
                 break;
@@ -168,7 +161,7 @@ fn simulate(n: usize, tasks: usize, budget: Duration) -> Run {
         done += 1;
     }
     let seconds = t0.elapsed().as_secs_f64();
-    rss_peak = rss_peak.max(vm_rss_kib());
+    rss_peak = rss_peak.max(rss_kib());
     Run {
         nodes: n,
         tasks: done,
