@@ -1,6 +1,6 @@
 //! The forecasting pipelines (one per model: training on R ranks, then the
 //! paper's prediction phase of P one-rank tasks) run three ways on the
-//! same machine and the same work, as the paper's Figure 8 asks:
+//! same machine and the same work (issue 9):
 //!
 //! - `concurrent`: every pipeline submitted at once to one local pilot,
 //!   which packs the tasks onto its cores;
