@@ -283,9 +283,7 @@ impl SlotMap {
         for r in &p.ranks {
             self.nodes[r.node].release_rank(r);
             self.free_cores += r.cores.len();
-        }
-        for i in p.nodes() {
-            self.refresh(i);
+            self.refresh(r.node);
         }
     }
 
